@@ -1,0 +1,3 @@
+from amygdala_daemon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Command line: each subcommand parses its flags, builds library objects and calls one method."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from amygdala_daemon import __version__
+from amygdala_daemon.config import Config, load
+from amygdala_daemon.errors import AmygdalaError, InputError
+
+log = logging.getLogger("amygdala_daemon")
+
+DESCRIPTION = """\
+Keep emotion readout vectors fresh from an agent's memory graph.
+
+Nodes whose trailing tag line scores an emotion (`warmth:9 clarity:10`) are run through the
+model once each; their pooled activations are folded into per-emotion statistics, and the
+unit directions mean(with) - mean(without) are published for vLLM as
+<state_dir>/published/current/vectors.safetensors + manifest.json.
+
+With no configuration it runs on the bundled sample graph and the bundled SmolLM2-135M model.
+"""
+
+
+def progress_bar(total: int, label: str) -> Any:
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, silence in logs and CI.
+    return tqdm(total=total, desc=label, unit="node", file=sys.stderr, disable=None)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load(args.config)
+    if args.state_dir:
+        config = replace(config, state_dir=args.state_dir)
+    return config
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from amygdala_daemon.engine import Engine
+    from amygdala_daemon.sources import open_source
+
+    config = _config(args)
+    engine = Engine(config, progress=progress_bar)
+    try:
+        source = open_source(config.source)
+        report = engine.rebuild(source, from_cache=args.from_cache)
+        manifest = _current(config)
+    finally:
+        engine.close()
+    if not args.from_cache:
+        print(f"rebuild: {report.summary()}")
+    if manifest is None:
+        print("rebuild: nothing to publish (no eligible node)")
+    else:
+        print(
+            f"published generation {manifest['generation']}: {len(manifest['concepts'])} "
+            f"concepts x layers {manifest['layers']} -> {_current_dir(config)}"
+        )
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from amygdala_daemon.engine import Engine
+
+    config = _config(args)
+    engine = Engine(config)
+    try:
+        written = engine.publish(force=args.force)
+    finally:
+        engine.close()
+    if written is None:
+        print("publish: nothing changed since the last generation (use --force to publish anyway)")
+    else:
+        print(f"published {written}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from amygdala_daemon.status import format_status, status_report
+
+    report = status_report(_config(args))
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from amygdala_daemon.probe import format_probe, probe_texts
+
+    if args.file:
+        path = Path(args.file)
+        try:
+            raw = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"probe: cannot read {args.file}: {exc.strerror}") from None
+        texts = [line for line in raw.splitlines() if line.strip()]
+    elif args.text:
+        texts = [" ".join(args.text)]
+    else:
+        raise InputError("probe: give TEXT, or --file F (one text per line; - for stdin)")
+    results = probe_texts(_config(args), texts)
+    print(json.dumps(results, indent=2) if args.json else format_probe(results, args.top))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from amygdala_daemon.lock import StateLock
+    from amygdala_daemon.publisher import rollback
+
+    config = _config(args)
+    with StateLock(config.state_path):
+        generation = rollback(config.state_path / "published", args.generation)
+    print(f"current -> generation {generation}")
+    return 0
+
+
+def _current_dir(config: Config) -> Path:
+    return config.state_path / "published" / "current"
+
+
+def _current(config: Config) -> dict[str, Any] | None:
+    from amygdala_daemon.publisher import current_manifest
+
+    return current_manifest(config.state_path / "published")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amygdala-daemon",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config", help="TOML config file (default: $AMYGDALA_CONFIG, else built-in defaults)"
+    )
+    parser.add_argument("--state-dir", help="state directory (overrides state_dir in the config)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="recompute everything from the source, then publish",
+        description="Forget the ledger, run every node through the model, refold and publish. "
+        "Concept rows may be renumbered.",
+    )
+    rebuild.add_argument(
+        "--from-cache",
+        action="store_true",
+        help="refold the stored activations under the current label settings; no model needed",
+    )
+    rebuild.set_defaults(func=cmd_rebuild)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish a new generation now",
+        description="Write a new generation if the ledger or settings changed since the last one.",
+    )
+    publish.add_argument("--force", action="store_true", help="publish even if nothing changed")
+    publish.set_defaults(func=cmd_publish)
+
+    status = commands.add_parser(
+        "status",
+        help="counts per concept, backlog, last generation, quarantined nodes",
+        description="Read-only: safe while the daemon runs.",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
+    status.set_defaults(func=cmd_status)
+
+    probe = commands.add_parser(
+        "probe",
+        help="project text onto the current vectors",
+        description="Run text through the model and project it onto every published concept at "
+        "every layer: raw dot products, and z-scores against the negatives' calibration.",
+    )
+    probe.add_argument("text", nargs="*", help="the text to probe")
+    probe.add_argument("--file", help="a file with one text per line (- for stdin)")
+    probe.add_argument("--json", action="store_true", help="a JSON list, one object per text")
+    probe.add_argument("--top", type=int, default=5, help="concepts shown per text (default 5)")
+    probe.set_defaults(func=cmd_probe)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="point `current` back to an earlier generation",
+        description="Without GEN, go back one generation. The next publish writes a new one.",
+    )
+    rollback.add_argument("generation", nargs="?", type=int, metavar="GEN")
+    rollback.set_defaults(func=cmd_rollback)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # transformers is chatty at INFO and warns about things that are fine here.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        code: int = args.func(args)
+        return code
+    except AmygdalaError as exc:
+        print(f"amygdala-daemon: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

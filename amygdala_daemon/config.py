@@ -1,0 +1,255 @@
+"""Typed configuration: one dataclass per concern, combined into `Config`, read from TOML.
+
+Every field has a default, so an empty file (or none at all) is a working configuration.
+A bad value raises `ConfigError` naming the key and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amygdala_daemon.errors import ConfigError
+
+
+def _choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+def _min(value: float) -> dict[str, Any]:
+    return {"min": value}
+
+
+@dataclass
+class SourceConfig:
+    kind: str = field(default="jsonl", metadata=_choices("jsonl", "directory"))
+    """Where the memory graph lives."""
+    path: str = ""
+    """jsonl file or directory; empty means the bundled sample graph."""
+    url: str = ""
+    """mcp: Streamable HTTP endpoint, e.g. http://localhost:7777/mcp."""
+    command: list[str] = field(default_factory=list)
+    """mcp: argv of a stdio server, e.g. ["npx", "@modelcontextprotocol/server-memory"]."""
+    preset: str = field(default="", metadata=_choices("", "knowledge-graph"))
+    """mcp: a ready-made tool mapping for a known memory server."""
+    settle_s: float = field(default=1.0, metadata=_min(0.0))
+    """directory: files modified more recently than this are retried later (half-written)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    """`smollm2-135m` (bundled) or a local Hugging Face model directory."""
+    layers: list[int] = field(default_factory=list)
+    """Decoder blocks whose output is read (0-based, negative from the end); empty: automatic."""
+    dtype: str = field(default="auto", metadata=_choices("auto", "float32", "bfloat16", "float16"))
+    """auto: bfloat16 on CUDA, float32 on CPU."""
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    """auto: cuda when a GPU is present."""
+    max_tokens: int = field(default=512, metadata=_min(2))
+    """Content longer than this many tokens is truncated (and counted)."""
+    pooling: str = field(default="mean", metadata=_choices("mean", "last"))
+    """How a node's token activations become one vector per layer."""
+    sink_norm_ratio: float = field(default=10.0, metadata=_min(1.0))
+    """Mean pooling leaves out tokens whose norm exceeds this times the median norm."""
+    batch_tokens: int = field(default=4096, metadata=_min(16))
+    """Token budget of one batch (padded length x batch size)."""
+    batch_size: int = field(default=64, metadata=_min(1))
+    """Upper bound on texts per batch, next to the token budget."""
+    threads: int = field(default=0, metadata=_min(0))
+    """CPU threads for torch; 0 leaves torch's default."""
+
+
+@dataclass
+class VectorsConfig:
+    method: str = field(default="mean_diff", metadata=_choices("mean_diff", "diag_lda"))
+    """mean_diff: CAA difference of means; diag_lda: divided by pooled per-dimension variance."""
+    dtype: str = field(default="float32", metadata=_choices("float32", "float16", "bfloat16"))
+    """dtype of the published tensors."""
+    calibration_sample: int = field(default=2000, metadata=_min(10))
+    """Most positives and negatives per concept projected for the calibration std."""
+
+
+@dataclass
+class LabelsConfig:
+    min_positive_score: float = field(default=8.0, metadata={"min": 0.0, "max": 10.0})
+    """A node is a positive for E when score(E) is at least this."""
+    max_negative_score: float | None = field(default=None, metadata={"min": 0.0, "max": 10.0})
+    """Unset: only untagged nodes are negatives; set: low scores count as negatives too."""
+    max_negative_mentions: int = field(default=0, metadata=_min(0))
+    """A negative for E may mention the word E at most this many times."""
+    min_content_chars: int = field(default=40, metadata=_min(0))
+    """Shorter content is not an example."""
+
+
+@dataclass
+class ConceptsConfig:
+    min_positive: int = field(default=5, metadata=_min(1))
+    """Fewest positives for a concept to be published."""
+    min_negative: int = field(default=5, metadata=_min(1))
+    """Fewest negatives for a concept to be published."""
+    max_concepts: int = field(default=200, metadata=_min(1))
+    """Most concepts published; the most frequent win."""
+    include: list[str] = field(default_factory=list)
+    """Curated list: when non-empty, only these concepts are published."""
+    exclude: list[str] = field(default_factory=list)
+    """Concepts never published."""
+
+
+@dataclass
+class DaemonConfig:
+    poll_interval: float = field(default=10.0, metadata=_min(0.05))
+    """Seconds between polls of the source."""
+    reconcile_interval: float = field(default=300.0, metadata=_min(1.0))
+    """Seconds between full reconciles (catch deletes in sources without a change feed)."""
+    checkpoint_interval: float = field(default=60.0, metadata=_min(1.0))
+    """Seconds between accumulator checkpoints while the ledger moves."""
+
+
+@dataclass
+class PublishConfig:
+    interval: str = "5m"
+    """How often to publish: a duration (30s, 5m, 1h) or a 5-field cron expression."""
+    keep: int = field(default=10, metadata=_min(1))
+    """Generations kept for rollback."""
+    vectors_path: str = ""
+    """Optional flat copy of vectors.safetensors (for VLLM_READOUT_VECTORS), replaced by rename."""
+    manifest_path: str = ""
+    """Optional flat copy of manifest.json (for VLLM_READOUT_MANIFEST), replaced by rename."""
+    publish_after_s: float = field(default=0.0, metadata=_min(0.0))
+    """Debounce: publish this long after the last change (0: off)."""
+    publish_after_changes: int = field(default=1, metadata=_min(1))
+    """Debounce: only once this many changes have piled up."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Websocket bind address; anything but loopback requires a token."""
+    port: int = field(default=8765, metadata={"min": 0, "max": 65535})
+    """Websocket port; 0 picks a free one."""
+    token: str = ""
+    """Shared secret clients send as `?token=` or an Authorization bearer."""
+
+
+@dataclass
+class Config:
+    state_dir: str = "state"
+    """Ledger, checkpoint, model cache and published generations live here."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vectors: VectorsConfig = field(default_factory=VectorsConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is float:
+        return "a number"
+    if annotation is int:
+        return "an integer"
+    if annotation is str:
+        return "a string"
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return f"a list of {_type_name(item).removeprefix('a ').removeprefix('an ')}s"
+    return str(annotation)
+
+
+def _coerce(key: str, value: Any, annotation: Any, metadata: Any) -> Any:
+    """Check `value` against the field's type and limits; return it in the field's type."""
+    if isinstance(annotation, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _coerce(key, value, inner[0], metadata)
+    if typing.get_origin(annotation) is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected {_type_name(annotation)}, got {value!r}")
+        return [_coerce(key, item, item_type, {}) for item in value]
+    # bool is an int in Python; a TOML `true` where a number is wanted is a mistake.
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is float and is_number:
+        value = float(value)
+    elif not (
+        (annotation is int and is_number and isinstance(value, int))
+        or (annotation is str and isinstance(value, str))
+    ):
+        raise ConfigError(key, f"expected {_type_name(annotation)}, got {value!r}")
+    choices = metadata.get("choices")
+    if choices is not None and value not in choices:
+        accepted = ", ".join(repr(c) for c in choices)
+        raise ConfigError(key, f"{value!r} is not one of {accepted}")
+    if "min" in metadata and value < metadata["min"]:
+        raise ConfigError(key, f"{value!r} is below the minimum {metadata['min']}")
+    if "max" in metadata and value > metadata["max"]:
+        raise ConfigError(key, f"{value!r} is above the maximum {metadata['max']}")
+    return value
+
+
+def _build(cls: type[Any], table: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            accepted = ", ".join(sorted(known))
+            raise ConfigError(f"{prefix}{key}", f"unknown key (accepted: {accepted})")
+    values: dict[str, Any] = {}
+    for name, fld in known.items():
+        if name not in table:
+            continue
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(table[name], dict):
+                raise ConfigError(f"{prefix}{name}", "expected a table")
+            values[name] = _build(annotation, table[name], f"{prefix}{name}.")  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(f"{prefix}{name}", table[name], annotation, fld.metadata)
+    return cls(**values)
+
+
+def validate(config: Config) -> Config:
+    """Checks that span several keys."""
+    if config.server.host not in ("127.0.0.1", "localhost", "::1") and not config.server.token:
+        raise ConfigError("server.token", f"binding {config.server.host!r} requires a token")
+    from amygdala_daemon.schedule import parse_interval  # late: schedule imports nothing of ours
+
+    parse_interval(config.publish.interval)
+    return config
+
+
+def from_dict(table: dict[str, Any]) -> Config:
+    config: Config = _build(Config, table, "")
+    return validate(config)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the TOML file at `path`, or `$AMYGDALA_CONFIG`, or use the defaults."""
+    chosen = path if path is not None else os.environ.get("AMYGDALA_CONFIG")
+    if not chosen:
+        return from_dict({})
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), f"cannot read config file: {exc.strerror}") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), f"not valid TOML: {exc}") from None
+    config = from_dict(table)
+    # A relative state_dir in a config file means relative to the working directory, as
+    # systemd's WorkingDirectory= or the shell sets it; nothing to resolve here.
+    return config

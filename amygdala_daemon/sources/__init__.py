@@ -1,0 +1,46 @@
+"""Memory sources: where the graph comes from. Each yields snapshots; none writes anything."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from amygdala_daemon.config import SourceConfig
+from amygdala_daemon.errors import AmygdalaError
+from amygdala_daemon.sources.base import Changes, MemorySource, Rejected, Snapshot, SourceNode
+
+
+class SourceError(AmygdalaError):
+    """The source as a whole cannot be read right now (missing file, server down)."""
+
+    exit_code = 2
+
+
+def bundled_sample_path() -> Path:
+    """The sample memory graph shipped inside the package."""
+    return Path(str(resources.files("amygdala_daemon") / "data" / "sample_graph.jsonl"))
+
+
+def open_source(config: SourceConfig) -> MemorySource:
+    """Build the source the config names."""
+    if config.kind == "jsonl":
+        from amygdala_daemon.sources.jsonl import JsonlSource
+
+        return JsonlSource(Path(config.path) if config.path else bundled_sample_path())
+    from amygdala_daemon.sources.directory import DirectorySource
+
+    if not config.path:
+        raise SourceError("config: source.path: the directory source needs a path")
+    return DirectorySource(Path(config.path), settle_s=config.settle_s)
+
+
+__all__ = [
+    "Changes",
+    "MemorySource",
+    "Rejected",
+    "Snapshot",
+    "SourceError",
+    "SourceNode",
+    "bundled_sample_path",
+    "open_source",
+]

@@ -1,0 +1,138 @@
+"""What every memory source yields: nodes, problems, and the diff against what is known."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SourceNode:
+    """One memory-graph node as the source reports it."""
+
+    id: str
+    text: str
+    kind: str | None = None
+    updated_at: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        return node_hash(self.text, self.kind)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A node the source could read but not accept, quarantined with a reason.
+
+    `fingerprint` stands in for the content hash, so the same bad input is not retried
+    until it changes.
+    """
+
+    id: str
+    reason: str
+    fingerprint: str
+
+
+@dataclass
+class Snapshot:
+    """Everything the source holds right now."""
+
+    nodes: dict[str, SourceNode] = field(default_factory=dict)
+    rejected: dict[str, Rejected] = field(default_factory=dict)
+    # Problems with no node id to pin them on (a line that is not JSON, say).
+    problems: list[str] = field(default_factory=list)
+    # Ids present but not readable yet (a half-written file): neither changed nor deleted.
+    pending: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Changes:
+    """The difference between a snapshot and the ledger."""
+
+    upserts: list[SourceNode] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.rejected) + len(self.deletes)
+
+
+class MemorySource(Protocol):
+    """A memory graph that can be listed. Sources never touch the ledger."""
+
+    def describe(self) -> str:
+        """A short human name, for errors and status ("jsonl /path/graph.jsonl")."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """Read the whole graph. Raises `SourceError` when it cannot be read at all."""
+        ...
+
+
+def normalize_text(text: str) -> str:
+    """Line endings and trailing whitespace do not make a change."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).strip()
+
+
+def node_hash(text: str, kind: str | None) -> str:
+    """Identity for change detection: sha256 of the normalized text and the kind."""
+    digest = hashlib.sha256()
+    digest.update((kind or "").encode("utf-8"))
+    digest.update(b"\x00")
+    digest.update(normalize_text(text).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def diff(snapshot: Snapshot, known: Mapping[str, str]) -> Changes:
+    """Compare a snapshot with the ledger's `{node id: hash}`.
+
+    A node whose hash the ledger already has is never sent to the model again.
+    """
+    changes = Changes()
+    for node_id, node in snapshot.nodes.items():
+        if known.get(node_id) != node.content_hash:
+            changes.upserts.append(node)
+    for node_id, rejected in snapshot.rejected.items():
+        if known.get(node_id) != rejected.fingerprint:
+            changes.rejected.append(rejected)
+    present = snapshot.nodes.keys() | snapshot.rejected.keys() | snapshot.pending
+    changes.deletes = sorted(node_id for node_id in known if node_id not in present)
+    return changes
+
+
+# Larger texts are rejected: the model sees at most `max_tokens` anyway, and the ledger
+# keeps every content string.
+MAX_TEXT_CHARS = 200_000
+
+
+def check_fields(raw: object, where: str) -> SourceNode | Rejected | str:
+    """Validate one raw record (a dict from JSON) into a node.
+
+    Returns the node, a `Rejected` when it has an id but bad fields, or a problem string
+    when it has no usable id at all.
+    """
+    if not isinstance(raw, dict):
+        return f"{where}: expected a JSON object, got {type(raw).__name__}"
+    node_id = raw.get("id")
+    if not isinstance(node_id, str) or not node_id.strip():
+        return f"{where}: missing or non-string 'id'"
+    fingerprint = hashlib.sha256(repr(sorted(raw.items(), key=str)).encode()).hexdigest()
+    text = raw.get("text")
+    if not isinstance(text, str):
+        return Rejected(node_id, f"'text' must be a string, got {type(text).__name__}", fingerprint)
+    if len(text) > MAX_TEXT_CHARS:
+        reason = f"text is {len(text)} characters, over the limit of {MAX_TEXT_CHARS}"
+        return Rejected(node_id, reason, fingerprint)
+    kind = raw.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        return Rejected(node_id, f"'kind' must be a string, got {type(kind).__name__}", fingerprint)
+    updated_at = raw.get("updated_at")
+    return SourceNode(
+        id=node_id,
+        text=text,
+        kind=kind,
+        updated_at=None if updated_at is None else str(updated_at),
+    )

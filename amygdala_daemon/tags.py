@@ -1,0 +1,68 @@
+"""Tag-line parsing: split a node's text into content and `name:score` tags.
+
+Pure functions over text. See DESIGN.md "Nodes and tags".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_TOKEN = re.compile(r"([^\s:]+):(\S+)")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+MAX_SCORE = 10.0
+
+
+@dataclass(frozen=True)
+class ParsedText:
+    """A node's text split into what the model sees and what labels it."""
+
+    content: str
+    tags: dict[str, float] = field(default_factory=dict)
+    malformed: tuple[str, ...] = ()
+
+
+def _is_tag_line(line: str) -> bool:
+    tokens = line.split()
+    return bool(tokens) and all(_TOKEN.fullmatch(token) for token in tokens)
+
+
+def _parse_score(value: str) -> float | None:
+    if not _NUMBER.fullmatch(value):
+        return None
+    score = float(value)
+    if not math.isfinite(score) or score < 0 or score > MAX_SCORE:
+        return None
+    return score
+
+
+def parse_text(text: str) -> ParsedText:
+    """Split trailing tag lines from `text`.
+
+    >>> p = parse_text("Fixed the bug with Maya.\\nwarmth:9 clarity:10 joy:11")
+    >>> p.content, p.tags, p.malformed
+    ('Fixed the bug with Maya.', {'warmth': 9.0, 'clarity': 10.0}, ('joy:11',))
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    end = len(lines)
+    # Blank lines at the very end are neither content nor tags.
+    while end > 0 and not lines[end - 1].strip():
+        end -= 1
+    start = end
+    while start > 0 and _is_tag_line(lines[start - 1]):
+        start -= 1
+    tags: dict[str, float] = {}
+    malformed: list[str] = []
+    # Top to bottom, so a repeated name takes its last score.
+    for line in lines[start:end]:
+        for token in line.split():
+            name, _, value = token.partition(":")
+            score = _parse_score(value)
+            if _NAME.fullmatch(name) and score is not None:
+                tags[name.lower()] = score
+            else:
+                malformed.append(token)
+    content = "\n".join(lines[:start]).strip()
+    return ParsedText(content=content, tags=tags, malformed=tuple(malformed))
