@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from amygdala_daemon.sources import SourceError, bundled_sample_path
+from amygdala_daemon.sources.base import diff, node_hash
+from amygdala_daemon.sources.directory import DirectorySource
+from amygdala_daemon.sources.jsonl import JsonlSource
+from amygdala_daemon.tags import parse_text
+
+
+def line(**fields: object) -> str:
+    return json.dumps(fields) + "\n"
+
+
+def test_jsonl_later_lines_win_and_tombstones_delete(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    path.write_text(
+        line(id="a", text="first\njoy:9")
+        + line(id="b", text="bee\ncalm:8", kind="journal", updated_at="2026-01-01")
+        + line(id="a", text="second\njoy:9")
+        + line(id="b", deleted=True)
+    )
+    snapshot = JsonlSource(path).snapshot()
+    assert list(snapshot.nodes) == ["a"]
+    assert snapshot.nodes["a"].text == "second\njoy:9"
+
+
+def test_jsonl_half_written_last_line_is_retried_not_taken(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    path.write_text(line(id="a", text="x\njoy:9") + '{"id": "b", "text": "half wri')
+    source = JsonlSource(path)
+    snapshot = source.snapshot()
+    assert list(snapshot.nodes) == ["a"] and snapshot.problems == []
+    with path.open("a") as handle:
+        handle.write('tten"}\n')
+    assert sorted(source.snapshot().nodes) == ["a", "b"]
+
+
+def test_jsonl_bad_lines_are_problems_or_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    path.write_text(
+        "not json\n"
+        + line(text="no id")
+        + line(id="n", text=5)
+        + line(id="k", text="t", kind=["x"])
+        + line(id="huge", text="x" * 300_000)
+        + "[1, 2]\n"
+        + line(id="ok", text="fine\njoy:9")
+    )
+    snapshot = JsonlSource(path).snapshot()
+    assert list(snapshot.nodes) == ["ok"]
+    assert {k: v.reason for k, v in snapshot.rejected.items()} == {
+        "n": "'text' must be a string, got int",
+        "k": "'kind' must be a string, got list",
+        "huge": "text is 300000 characters, over the limit of 200000",
+    }
+    assert snapshot.problems == [
+        "g.jsonl:1: not valid JSON",
+        "g.jsonl:2: missing or non-string 'id'",
+        "g.jsonl:6: expected a JSON object, got list",
+    ]
+
+
+def test_jsonl_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"cannot read jsonl source .*missing.jsonl"):
+        JsonlSource(tmp_path / "missing.jsonl").snapshot()
+
+
+def test_diff_by_hash(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    path.write_text(line(id="a", text="same\njoy:9") + line(id="b", text="new text\njoy:9"))
+    snapshot = JsonlSource(path).snapshot()
+    known = {"a": node_hash("same\njoy:9  \r\n", None), "b": "old", "c": "gone"}
+    changes = diff(snapshot, known)
+    assert [n.id for n in changes.upserts] == ["b"]
+    assert changes.deletes == ["c"]
+
+
+def test_directory_source(tmp_path: Path) -> None:
+    root = tmp_path / "graph"
+    (root / "journal").mkdir(parents=True)
+    (root / "journal" / "day1.md").write_text("A day.\njoy:9")
+    (root / "note.txt").write_text("A note.\ncalm:8")
+    (root / "skip.json").write_text("{}")
+    (root / ".hidden.md").write_text("hidden\njoy:9")
+    (root / "bad.md").write_bytes(b"caf\xe9\njoy:9")
+    old = time.time() - 60
+    for path in root.rglob("*"):
+        os.utime(path, (old, old))
+    (root / "fresh.md").write_text("being written")
+    snapshot = DirectorySource(root, settle_s=5.0).snapshot()
+    assert sorted(snapshot.nodes) == ["journal/day1.md", "note.txt"]
+    assert snapshot.pending == {"fresh.md"}
+    assert snapshot.rejected["bad.md"].reason == "not valid UTF-8 at byte 3"
+    # A file still settling is not taken as deleted.
+    assert diff(snapshot, {"fresh.md": "h"}).deletes == []
+    with pytest.raises(SourceError, match="not a directory"):
+        DirectorySource(tmp_path / "nope").snapshot()
+
+
+def test_bundled_sample_graph_is_realistic() -> None:
+    snapshot = JsonlSource(bundled_sample_path()).snapshot()
+    assert len(snapshot.nodes) >= 300 and not snapshot.problems
+    parsed = [parse_text(n.text) for n in snapshot.nodes.values()]
+    positives: dict[str, int] = {}
+    for p in parsed:
+        for name, score in p.tags.items():
+            if score >= 8:
+                positives[name] = positives.get(name, 0) + 1
+    assert len([n for n, c in positives.items() if c >= 5]) >= 12
+    assert sum(1 for p in parsed if p.malformed) >= 5
+    assert sum(1 for p in parsed if not p.tags) >= 5
+    assert sum(1 for p in parsed if p.tags and len(p.content) < 40) >= 5
+    kinds = {n.kind for n in snapshot.nodes.values()}
+    assert {"journal", "digest", "pattern"} <= kinds
