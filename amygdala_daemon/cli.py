@@ -48,7 +48,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from amygdala_daemon.sources import open_source
 
     config = _config(args)
-    engine = Engine(config, progress=progress_bar)
+    engine = Engine(config, progress=progress_bar, for_full_rebuild=not args.from_cache)
     try:
         source = open_source(config.source)
         report = engine.rebuild(source, from_cache=args.from_cache)

@@ -34,7 +34,7 @@ from amygdala_daemon.publisher import (
     write_generation,
 )
 from amygdala_daemon.sources import MemorySource
-from amygdala_daemon.sources.base import diff
+from amygdala_daemon.sources.base import Snapshot, diff
 from amygdala_daemon.tags import parse_text
 
 log = logging.getLogger(__name__)
@@ -96,17 +96,29 @@ ProgressFactory = Callable[[int, str], Any]
 class Engine:
     """Read-write access to one state directory."""
 
-    def __init__(self, config: Config, progress: ProgressFactory | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        progress: ProgressFactory | None = None,
+        *,
+        for_full_rebuild: bool = False,
+    ) -> None:
+        """Open the state directory for writing.
+
+        `for_full_rebuild` skips the check that the model settings match the stored
+        activations: a full rebuild replaces them all.
+        """
         self.config = config
         self.state = config.state_path
         self.progress = progress
         self.lock = StateLock(self.state).acquire()
         try:
             self.ledger = Ledger(self.state / LEDGER_NAME)
-            self._check_model_settings()
+            if not for_full_rebuild:
+                self._check_model_settings()
             self.model_info = stored_model_info(self.ledger)
             self.fold: Accumulators | None = None
-            if self.model_info is not None:
+            if self.model_info is not None and not for_full_rebuild:
                 self.fold = recover_fold(self.ledger, config, self.shape)
             self._extractor: Extractor | None = None
             self._loaded_info: ModelInfo
@@ -217,7 +229,12 @@ class Engine:
         Only new or changed nodes reach the model, once each, in chunks that each commit in
         one transaction.
         """
-        snapshot = source.snapshot()
+        return self.apply_snapshot(source.snapshot(), on_change)
+
+    def apply_snapshot(
+        self, snapshot: Snapshot, on_change: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> SyncReport:
+        """`sync` for a snapshot already read."""
         report = SyncReport(problems=list(snapshot.problems))
         for problem in snapshot.problems:
             log.warning("source problem: %s", problem)
@@ -376,12 +393,17 @@ class Engine:
             self.fold = refold(self.ledger, self.shape, self.config.labels)
             report = SyncReport()
         else:
+            # Read the source and load the model before forgetting anything: bad input
+            # fails here, with the old state intact.
+            snapshot = source.snapshot()
+            if self._extractor is None:
+                self._extractor, self._loaded_info = self._load_extractor()
             self.ledger.reset()
             settings = json.dumps(model_settings(self.config), sort_keys=True)
             self.ledger.set_meta_committed("model_settings", settings)
             self.model_info, self.fold, self._checkpoint_seq = None, None, -1
             (self.state / CHECKPOINT_NAME).unlink(missing_ok=True)
-            report = self.sync(source)
+            report = self.apply_snapshot(snapshot)
         self.ledger.reset_registry()
         self._new_registry_epoch()
         self._checkpoint_seq = -1

@@ -46,7 +46,9 @@ def edited(node: dict[str, Any], suffix: str) -> dict[str, Any]:
     return {**node, "text": f"{content} {suffix}\n{tags}"}
 
 
-def test_incremental_with_edits_and_deletes_equals_rebuild(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_incremental_with_edits_and_deletes_equals_rebuild(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     nodes = sample_nodes()
     graph = tmp_path / "graph.jsonl"
     # batch_size 1: a float32 forward pass varies by ~1e-7 with batch composition; the
@@ -67,7 +69,7 @@ def test_incremental_with_edits_and_deletes_equals_rebuild(tmp_path: Path, tiny_
         assert len(report.deleted) == 10 and report.applied
         engine.checkpoint()
         # Third increment: the rest, a re-added node, another edit of an edited node.
-        lines += nodes[250:] + [nodes[55], edited(nodes[4], "And again.")]
+        lines += [*nodes[250:], nodes[55], edited(nodes[4], "And again.")]
         write_jsonl(graph, lines)
         engine.sync(open_source(config.source))
         incremental = engine.fold
@@ -82,7 +84,9 @@ def test_incremental_with_edits_and_deletes_equals_rebuild(tmp_path: Path, tiny_
         else:
             final[line["id"]] = line
     fresh_graph = write_jsonl(tmp_path / "final.jsonl", list(final.values()))
-    fresh_config = make_config(tmp_path / "fresh", fresh_graph, tiny_model_dir, model={"batch_size": 1})
+    fresh_config = make_config(
+        tmp_path / "fresh", fresh_graph, tiny_model_dir, model={"batch_size": 1}
+    )
     fresh = Engine(fresh_config)
     try:
         fresh.rebuild(open_source(fresh_config.source))
@@ -130,7 +134,9 @@ def test_rebuild_from_cache_after_threshold_change(tmp_path: Path, tiny_model_di
         full.close()
 
 
-def test_nodes_already_applied_never_reach_the_model_again(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_nodes_already_applied_never_reach_the_model_again(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     nodes = sample_nodes()[:60]
     graph = write_jsonl(tmp_path / "graph.jsonl", nodes)
     config = make_config(tmp_path / "s", graph, tiny_model_dir)
@@ -148,13 +154,17 @@ def test_nodes_already_applied_never_reach_the_model_again(tmp_path: Path, tiny_
         engine.close()
 
 
-def test_second_writer_is_refused_with_the_holders_pid(tmp_path: Path, graph_path: Path, tiny_model_dir: Path) -> None:
+def test_second_writer_is_refused_with_the_holders_pid(
+    tmp_path: Path, graph_path: Path, tiny_model_dir: Path
+) -> None:
     import os
 
     config = make_config(tmp_path / "s", graph_path, tiny_model_dir)
     engine = Engine(config)
     try:
-        with pytest.raises(LockedError, match=rf"in use by another amygdala-daemon writer \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            LockedError, match=rf"in use by another amygdala-daemon writer \(pid {os.getpid()}\)"
+        ):
             Engine(config)
     finally:
         engine.close()
@@ -174,7 +184,9 @@ def test_model_settings_change_requires_rebuild(tmp_path: Path, tiny_model_dir: 
         Engine(moved)
 
 
-def test_checkpoint_is_atomic_and_rejected_under_other_settings(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_checkpoint_is_atomic_and_rejected_under_other_settings(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     graph = write_jsonl(tmp_path / "graph.jsonl", sample_nodes()[:80])
     config = make_config(tmp_path / "s", graph, tiny_model_dir)
     engine = Engine(config)

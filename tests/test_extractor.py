@@ -20,7 +20,9 @@ from tests.conftest import TINY_LAYERS, sample_nodes
 TEXTS = [parse_text(n["text"]).content for n in sample_nodes()[:40]]
 
 
-def reference_pooled(model: Any, tokenizer: Any, text: str, layer: int, pooling: str, ratio: float) -> np.ndarray:
+def reference_pooled(
+    model: Any, tokenizer: Any, text: str, layer: int, pooling: str, ratio: float
+) -> np.ndarray:
     """Plain full forward with output_hidden_states, one text, pooled by hand."""
     ids = tokenizer(text, return_tensors="pt")
     with torch.no_grad():
@@ -45,7 +47,9 @@ def test_hook_output_equals_hidden_states_and_stops_early(tiny_model: tuple[Any,
     # transformers installs its own capture hooks on first use; ours must come and go.
     hooks_before = [dict(b._forward_hooks) for b in blocks]
     calls: list[int] = []
-    counters = [b.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n, b in enumerate(blocks)]
+    counters = [
+        b.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n, b in enumerate(blocks)
+    ]
     head_calls: list[int] = []
     head = model.lm_head.register_forward_hook(lambda m, i, o: head_calls.append(1))
     try:
@@ -78,8 +82,14 @@ def test_pooled_equals_plain_forward(
     try:
         # A low sink ratio so the norm rule really removes tokens in this tiny model.
         ratio = 1.05 if pooling == "mean" else 10.0
-        extractor = Extractor(model, tokenizer, [0, 1, 2], pooling=pooling, sink_norm_ratio=ratio,
-                              batch_tokens=batch_tokens)
+        extractor = Extractor(
+            model,
+            tokenizer,
+            [0, 1, 2],
+            pooling=pooling,
+            sink_norm_ratio=ratio,
+            batch_tokens=batch_tokens,
+        )
         results = extractor.extract(TEXTS)
         for text, result in zip(TEXTS, results, strict=True):
             assert result.activations is not None and result.activations.shape == (3, 64)

@@ -66,5 +66,7 @@ def test_merge_and_subtract_are_inverse(samples: np.ndarray) -> None:
 
 def test_variance(samples: np.ndarray) -> None:
     acc = filled(samples)
-    np.testing.assert_allclose(acc.variance(), samples.astype(np.float64).var(axis=0, ddof=1), rtol=1e-9)
+    np.testing.assert_allclose(
+        acc.variance(), samples.astype(np.float64).var(axis=0, ddof=1), rtol=1e-9
+    )
     assert not Welford.empty((2,)).variance().any()

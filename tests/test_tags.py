@@ -17,7 +17,9 @@ content_line = st.text(
 
 
 def test_splits_content_from_trailing_tag_line() -> None:
-    parsed = parse_text("Untangled the scheduler bug with a friend.\nwarmth:9 clarity:10 frustration:2")
+    parsed = parse_text(
+        "Untangled the scheduler bug with a friend.\nwarmth:9 clarity:10 frustration:2"
+    )
     assert parsed.content == "Untangled the scheduler bug with a friend."
     assert parsed.tags == {"warmth": 9.0, "clarity": 10.0, "frustration": 2.0}
     assert parsed.malformed == ()

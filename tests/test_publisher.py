@@ -1,0 +1,148 @@
+"""The published files: what vLLM reads must be complete, consistent and atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from amygdala_daemon.concepts import select_concepts
+from amygdala_daemon.config import ConceptsConfig
+from amygdala_daemon.engine import Engine
+from amygdala_daemon.errors import InputError
+from amygdala_daemon.publisher import generations, rollback
+from amygdala_daemon.sources import open_source
+from tests.conftest import make_config, sample_nodes, write_jsonl
+
+
+def check_generation(directory: Path) -> dict:
+    """Load like a consumer: rows unit norm, keys and shapes match, metadata == manifest.json."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    with safe_open(str(directory / "vectors.safetensors"), framework="numpy") as handle:
+        embedded = json.loads(handle.metadata()["manifest"])
+        assert embedded == manifest
+        assert sorted(handle.keys()) == sorted(
+            f"layer_{layer}.vectors" for layer in manifest["layers"]
+        )
+        for layer in manifest["layers"]:
+            rows = handle.get_tensor(f"layer_{layer}.vectors")
+            assert rows.shape == (len(manifest["concepts"]), manifest["hidden_size"])
+            assert rows.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
+    return manifest
+
+
+def test_publish_layout_format_and_skip(
+    tmp_path: Path, graph_path: Path, tiny_model_dir: Path
+) -> None:
+    flat_vectors = tmp_path / "vllm" / "readout.safetensors"
+    flat_manifest = tmp_path / "vllm" / "readout.json"
+    config = make_config(
+        tmp_path / "s",
+        graph_path,
+        tiny_model_dir,
+        publish={"vectors_path": str(flat_vectors), "manifest_path": str(flat_manifest), "keep": 2},
+    )
+    engine = Engine(config)
+    try:
+        engine.rebuild(open_source(config.source))
+        published = config.state_path / "published"
+        current = published / "current"
+        assert current.is_symlink() and os.readlink(current) == "gen-000001"
+        manifest = check_generation(current)
+        assert len(manifest["concepts"]) == 14 and manifest["layers"] == [1, 2]
+        assert manifest["ledger_seq"] == engine.ledger.seq
+        for key in (
+            "model_id",
+            "model_revision",
+            "hidden_size",
+            "dtype",
+            "layer_convention",
+            "generation",
+            "created_at",
+            "counts",
+            "calibration",
+        ):
+            assert key in manifest
+        calibration = manifest["calibration"]["joy"]["2"]
+        assert calibration["pos_mean"] > calibration["neg_mean"]
+        assert calibration["pos_std"] > 0 and calibration["neg_std"] > 0
+        for path in (current / "vectors.safetensors", current / "manifest.json", flat_vectors):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert flat_vectors.read_bytes() == (current / "vectors.safetensors").read_bytes()
+        assert json.loads(flat_manifest.read_text()) == manifest
+        old_inode = flat_vectors.stat().st_ino
+
+        assert engine.publish() is None, "nothing changed: skipped"
+        assert engine.publish(force=True) is not None
+        assert flat_vectors.stat().st_ino != old_inode, "flat file replaced by rename"
+        engine.publish(force=True)
+        assert generations(published) == [2, 3], "keep = 2"
+        assert not list(published.glob(".*"))
+    finally:
+        engine.close()
+
+
+def test_rows_keep_their_index_across_generations(tmp_path: Path, tiny_model_dir: Path) -> None:
+    nodes = sample_nodes()
+    graph = tmp_path / "graph.jsonl"
+    # Start without any confusion positives, so that concept arrives later.
+    write_jsonl(graph, [n for n in nodes if "confusion:" not in n["text"]])
+    config = make_config(tmp_path / "s", graph, tiny_model_dir)
+    engine = Engine(config)
+    try:
+        engine.rebuild(open_source(config.source))
+        first = check_generation(config.state_path / "published/current")
+        assert "confusion" not in first["concepts"]
+        write_jsonl(graph, nodes)
+        engine.sync(open_source(config.source))
+        engine.publish()
+        second = check_generation(config.state_path / "published/current")
+        assert second["concepts"][: len(first["concepts"])] == first["concepts"]
+        assert second["concepts"][-1] == "confusion"
+    finally:
+        engine.close()
+
+
+def test_rollback(tmp_path: Path, graph_path: Path, tiny_model_dir: Path) -> None:
+    config = make_config(tmp_path / "s", graph_path, tiny_model_dir)
+    engine = Engine(config)
+    try:
+        engine.rebuild(open_source(config.source))
+        engine.publish(force=True)
+        engine.publish(force=True)
+    finally:
+        engine.close()
+    published = config.state_path / "published"
+    assert rollback(published, None) == 2
+    assert rollback(published, None) == 1
+    assert check_generation(published / "current")["generation"] == 1
+    assert rollback(published, 3) == 3
+    with pytest.raises(InputError, match=r"generation 9 does not exist \(kept: 1, 2, 3\)"):
+        rollback(published, 9)
+
+
+def test_concept_selection() -> None:
+    counts = {
+        "joy": (30, 200),
+        "calm": (4, 200),
+        "awe": (12, 3),
+        "pride": (9, 100),
+        "fear": (50, 90),
+    }
+    chosen = select_concepts(counts, ["pride"], ConceptsConfig(exclude=["fear"]))
+    assert chosen.rows == ["pride", "joy"]
+    assert chosen.unpublished == {
+        "calm": "4 positives, fewer than concepts.min_positive",
+        "awe": "3 negatives, fewer than concepts.min_negative",
+        "fear": "excluded by concepts.exclude",
+    }
+    capped = select_concepts(counts, [], ConceptsConfig(max_concepts=1, include=["joy", "fear"]))
+    assert capped.rows == ["fear"]
+    assert capped.unpublished["joy"] == "concepts.max_concepts reached"
+    assert capped.unpublished["pride"] == "not in concepts.include"
