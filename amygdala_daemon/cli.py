@@ -67,10 +67,57 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
-    from amygdala_daemon.engine import Engine
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from amygdala_daemon.daemon import Daemon
 
     config = _config(args)
+    daemon = Daemon(config, config_path=args.config)
+    if args.once:
+        return asyncio.run(daemon.run_once())
+    return asyncio.run(daemon.run())
+
+
+def _ask_daemon(config: Config, request: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to the running daemon's websocket and return its reply."""
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import connect
+
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    url = f"ws://{host}:{config.server.port}/"
+    headers = {"Authorization": f"Bearer {config.server.token}"} if config.server.token else None
+    try:
+        with connect(url, additional_headers=headers, open_timeout=10) as connection:
+            connection.send(json.dumps(request))
+            while True:
+                reply: dict[str, Any] = json.loads(connection.recv(timeout=600))
+                if reply.get("op") == request["op"] or ("error" in reply and "event" not in reply):
+                    return reply
+    except (OSError, WebSocketException, TimeoutError) as exc:
+        raise AmygdalaError(
+            f"the daemon holds the state directory but {url} did not answer: {exc}"
+        ) from None
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from amygdala_daemon.engine import Engine
+    from amygdala_daemon.lock import lock_holder
+
+    config = _config(args)
+    holder = lock_holder(config.state_path)
+    if holder is not None:
+        # The daemon owns the state: ask it to publish rather than fight for the lock.
+        reply = _ask_daemon(config, {"op": "publish", "force": args.force})
+        if not reply.get("ok"):
+            raise AmygdalaError(f"publish: the daemon (pid {holder}) said: {reply.get('error')}")
+        if reply.get("published"):
+            print(f"published {reply['path']} (by the daemon, pid {holder})")
+        else:
+            print(
+                "publish: nothing changed since the last generation (use --force to publish anyway)"
+            )
+        return 0
     engine = Engine(config)
     try:
         written = engine.publish(force=args.force)
@@ -144,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", help="state directory (overrides state_dir in the config)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="watch the graph and keep the vectors fresh (foreground, for systemd)",
+        description="Poll the source, run new or changed nodes through the model once each, "
+        "publish on the schedule, and serve status and events on a websocket. SIGTERM stops "
+        "gracefully; SIGHUP reloads the config.",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="drain pending work, publish if anything changed, and exit",
+    )
+    run.set_defaults(func=cmd_run)
 
     rebuild = commands.add_parser(
         "rebuild",

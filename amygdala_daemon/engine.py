@@ -91,6 +91,7 @@ class SyncReport:
 
 
 ProgressFactory = Callable[[int, str], Any]
+EventCallback = Callable[[str, dict[str, Any]], None]
 
 
 class Engine:
@@ -222,17 +223,23 @@ class Engine:
         return len(diff(source.snapshot(), self.ledger.known_hashes()))
 
     def sync(
-        self, source: MemorySource, on_change: Callable[[str, dict[str, Any]], None] | None = None
+        self,
+        source: MemorySource,
+        on_change: EventCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> SyncReport:
         """Bring the ledger and the fold up to date with the source.
 
         Only new or changed nodes reach the model, once each, in chunks that each commit in
-        one transaction.
+        one transaction. `should_stop` is asked between chunks (graceful shutdown).
         """
-        return self.apply_snapshot(source.snapshot(), on_change)
+        return self.apply_snapshot(source.snapshot(), on_change, should_stop)
 
     def apply_snapshot(
-        self, snapshot: Snapshot, on_change: Callable[[str, dict[str, Any]], None] | None = None
+        self,
+        snapshot: Snapshot,
+        on_change: EventCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> SyncReport:
         """`sync` for a snapshot already read."""
         report = SyncReport(problems=list(snapshot.problems))
@@ -278,6 +285,8 @@ class Engine:
         bar = self.progress(len(to_extract), "extracting") if self.progress else None
         try:
             for start in range(0, len(to_extract), EXTRACT_CHUNK):
+                if should_stop is not None and should_stop():
+                    break
                 chunk = to_extract[start : start + EXTRACT_CHUNK]
                 results = extractor.extract(
                     [parsed.content for _, parsed in chunk],
@@ -340,6 +349,15 @@ class Engine:
         # previous checkpoint a moment ago can still replay from it.
         self.ledger.forget_retracted(previous)
         return True
+
+    def reconfigure(self, config: Config) -> None:
+        """Adopt a reloaded config; a label change refolds, a model change is refused."""
+        if model_settings(config) != model_settings(self.config):
+            raise InputError("model settings cannot change on reload; restart with `rebuild`")
+        labels_changed = config.labels != self.config.labels
+        self.config = config
+        if labels_changed and self.model_info is not None:
+            self.fold = refold(self.ledger, self.shape, config.labels)
 
     def _heal_registry(self) -> None:
         """Re-register rows a crash between writing a generation and registering it lost."""
