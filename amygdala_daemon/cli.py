@@ -74,9 +74,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     daemon = Daemon(config, config_path=args.config)
-    if args.once:
-        return asyncio.run(daemon.run_once())
-    return asyncio.run(daemon.run())
+    if not args.once:
+        return asyncio.run(daemon.run())
+    code = asyncio.run(daemon.run_once())
+    if daemon.last_sync is not None:
+        print(f"run --once: {daemon.last_sync.summary()}")
+    if daemon.generation is not None:
+        print(f"published generation {daemon.generation} -> {_current_dir(config)}")
+    else:
+        print("run --once: nothing new to publish")
+    return code
 
 
 def _ask_daemon(config: Config, request: dict[str, Any]) -> dict[str, Any]:

@@ -108,7 +108,7 @@ class DaemonConfig:
     """Seconds between polls of the source."""
     reconcile_interval: float = field(default=300.0, metadata=_min(1.0))
     """Seconds between full reconciles (catch deletes in sources without a change feed)."""
-    checkpoint_interval: float = field(default=60.0, metadata=_min(1.0))
+    checkpoint_interval: float = field(default=60.0, metadata=_min(0.1))
     """Seconds between accumulator checkpoints while the ledger moves."""
 
 

@@ -23,7 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from amygdala_daemon.config import Config, load
-from amygdala_daemon.engine import Engine
+from amygdala_daemon.engine import Engine, SyncReport
 from amygdala_daemon.errors import AmygdalaError
 from amygdala_daemon.publisher import MANIFEST_FILE, VECTORS_FILE
 from amygdala_daemon.schedule import DebounceState, debounce_due, parse_interval
@@ -64,6 +64,7 @@ class Daemon:
         self.source_error: str | None = None
         self.backlog: int | None = None
         self.generation: int | None = None
+        self.last_sync: SyncReport | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class Daemon:
     def _sync_now(self) -> int:
         """One pass over the source (worker thread); the number of ledger changes."""
         assert self.engine is not None
-        report = self.engine.sync(
+        report = self.last_sync = self.engine.sync(
             self.source,
             on_change=lambda event, data: self.emit(event, **data),
             should_stop=self.stopping.is_set,

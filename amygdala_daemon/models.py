@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,11 @@ def _looks_like_path(name: str) -> bool:
 def load_model(config: ModelConfig, state_dir: Path) -> LoadedModel:
     """Load the configured model and tokenizer for inference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    if not sys.stderr.isatty():
+        # Progress bars in a log or a journal are noise.
+        hf_logging.disable_progress_bar()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     name = config.name

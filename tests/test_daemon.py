@@ -292,3 +292,23 @@ def test_token_is_required_when_configured(
     with connect(daemon.url(), additional_headers={"Authorization": "Bearer s3cret"}) as client:
         assert request(client, {"op": "status"})["ok"]
     assert daemon.stop() == 0
+
+
+def test_slow_client_loses_its_backlog_not_the_daemon() -> None:
+    from amygdala_daemon.server import CLIENT_BACKLOG, EventHub
+
+    hub = EventHub()
+    fast: Any = object()
+    slow: Any = object()
+    queues = {"fast": hub.register(fast), "slow": hub.register(slow)}
+    for i in range(CLIENT_BACKLOG + 10):
+        hub.broadcast({"event": "node_applied", "id": str(i)})
+        queues["fast"].get_nowait()  # the fast client keeps up
+    slow_messages = [json.loads(queues["slow"].get_nowait()) for _ in range(queues["slow"].qsize())]
+    assert slow_messages[0] == {
+        "event": "backlog_dropped",
+        "dropped": CLIENT_BACKLOG,
+        "reason": "client too slow; events were discarded",
+    }
+    assert slow_messages[-1]["id"] == str(CLIENT_BACKLOG + 9)
+    assert queues["fast"].empty()
