@@ -112,7 +112,7 @@ def load_model(config: ModelConfig, state_dir: Path) -> LoadedModel:
 
     if not sys.stderr.isatty():
         # Progress bars in a log or a journal are noise.
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     name = config.name

@@ -90,7 +90,7 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
     try:
         for kill in range(KILLS):
             daemon.start()
-            wait_for(lambda: ready_count(daemon) > kill, 120, "the daemon to be ready")
+            wait_for(lambda kill=kill: ready_count(daemon) > kill, 120, "the daemon to be ready")
             # New nodes, an edit and a delete land while the daemon runs; it dies mid-flight.
             batch = nodes[cursor : cursor + 12]
             cursor += len(batch)
