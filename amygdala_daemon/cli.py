@@ -55,6 +55,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         manifest = _current(config)
     finally:
         engine.close()
+    if manifest is not None:
+        _fire_hooks(config, (_current_dir(config)).resolve())
     if not args.from_cache:
         print(f"rebuild: {report.summary()}")
     if manifest is None:
@@ -134,7 +136,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print("publish: nothing changed since the last generation (use --force to publish anyway)")
     else:
         print(f"published {written}")
+        _fire_hooks(config, written)
     return 0
+
+
+def _fire_hooks(config: Config, generation_dir: Path) -> None:
+    from amygdala_daemon.notify import fire, published_event
+
+    if config.notify.command or config.notify.url:
+        for failure in fire(config.notify, published_event(generation_dir)):
+            print(
+                f"publish hook failed (the generation stays published): {failure}", file=sys.stderr
+            )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -261,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("generation", nargs="?", type=int, metavar="GEN")
     rollback.set_defaults(func=cmd_rollback)
+
+    from amygdala_daemon.cli_seed import add_seed_commands
+
+    add_seed_commands(commands)
+
+    from amygdala_daemon.cli_quality import add_quality_commands
+
+    add_quality_commands(commands)
     return parser
 
 

@@ -104,7 +104,7 @@ class ConceptsConfig:
 
 @dataclass
 class DaemonConfig:
-    poll_interval: float = field(default=10.0, metadata=_min(0.05))
+    poll_interval: float = field(default=10.0, metadata=_min(0.01))
     """Seconds between polls of the source."""
     reconcile_interval: float = field(default=300.0, metadata=_min(1.0))
     """Seconds between full reconciles (catch deletes in sources without a change feed)."""
@@ -129,6 +129,18 @@ class PublishConfig:
 
 
 @dataclass
+class NotifyConfig:
+    command: list[str] = field(default_factory=list)
+    """Run after each publish (argv), with AMYGDALA_GENERATION and friends in its environment."""
+    url: str = ""
+    """POST a JSON body here after each publish."""
+    timeout_s: float = field(default=10.0, metadata=_min(0.1))
+    """Each hook attempt is abandoned after this long."""
+    retries: int = field(default=3, metadata=_min(0))
+    """Extra attempts of the URL hook, with exponential backoff."""
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     """Websocket bind address; anything but loopback requires a token."""
@@ -150,6 +162,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def state_path(self) -> Path:

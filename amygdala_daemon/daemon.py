@@ -25,7 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from amygdala_daemon.config import Config, load
 from amygdala_daemon.engine import Engine, SyncReport
 from amygdala_daemon.errors import AmygdalaError
-from amygdala_daemon.publisher import MANIFEST_FILE, VECTORS_FILE
+from amygdala_daemon.notify import fire, published_event
 from amygdala_daemon.schedule import DebounceState, debounce_due, parse_interval
 from amygdala_daemon.sdnotify import Notifier, watchdog_interval
 from amygdala_daemon.server import EventServer
@@ -52,6 +52,8 @@ class Daemon:
         self.config_path = config_path
         self.notifier = Notifier()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="amygdala-worker")
+        self.hook_executor = ThreadPoolExecutor(2, thread_name_prefix="amygdala-hook")
+        self.hook_tasks: set[asyncio.Future[None]] = set()
         self.engine: Engine | None = None
         self.source: MemorySource = open_source(config.source)
         self.server: EventServer | None = None
@@ -131,24 +133,24 @@ class Daemon:
         self.debounce = DebounceState()
         if written is None:
             return {"ok": True, "op": "publish", "published": False}
-        generation = int(written.name.removeprefix("gen-"))
-        self.generation = generation
-        manifest = self.engine.published / "current" / MANIFEST_FILE if self.engine else None
-        concepts = 0
-        if manifest is not None:
-            import json
-
-            concepts = len(json.loads(manifest.read_text())["concepts"])
-        event = {
-            "generation": generation,
-            "path": str(written),
-            "vectors": str(written / VECTORS_FILE),
-            "manifest": str(written / MANIFEST_FILE),
-            "concepts": concepts,
-        }
+        event = published_event(written)
+        self.generation = event["generation"]
         self.emit("published", **event)
         self.notifier.status(self._status_line())
+        if self.config.notify.command or self.config.notify.url:
+            # Hooks run beside the worker: a hanging one never delays the next publish.
+            task = asyncio.ensure_future(self._fire_hooks(event))
+            self.hook_tasks.add(task)
+            task.add_done_callback(self.hook_tasks.discard)
         return {"ok": True, "op": "publish", "published": True, **event}
+
+    async def _fire_hooks(self, event: dict[str, Any]) -> None:
+        assert self.loop is not None
+        failures = await self.loop.run_in_executor(
+            self.hook_executor, fire, self.config.notify, event
+        )
+        for failure in failures:
+            self.emit("error", error=failure, hook=True, generation=event["generation"])
 
     async def checkpoint(self) -> None:
         assert self.engine is not None
@@ -254,9 +256,12 @@ class Daemon:
             if self.engine.fold is not None:
                 await self.publish(force=False)
             await self.checkpoint()
+            if self.hook_tasks:
+                await asyncio.gather(*self.hook_tasks)
         finally:
             await self._work(self.engine.close)
             self.executor.shutdown()
+            self.hook_executor.shutdown(wait=False)
         return 0
 
     async def run(self) -> int:
@@ -309,6 +314,7 @@ class Daemon:
             if self.engine is not None:
                 await self._work(self.engine.close)
             self.executor.shutdown()
+            self.hook_executor.shutdown(wait=False)
             self.notifier.close()
         return 0
 

@@ -26,11 +26,12 @@ import numpy as np
 import numpy.typing as npt
 
 from amygdala_daemon.accumulators import Accumulators
+from amygdala_daemon.calibration import projection_spread
 from amygdala_daemon.concepts import select_concepts
 from amygdala_daemon.config import Config
 from amygdala_daemon.errors import InputError
-from amygdala_daemon.labels import is_eligible, label_node
 from amygdala_daemon.ledger import Ledger
+from amygdala_daemon.quality import manifest_quality
 from amygdala_daemon.vectors import calibrate, direction
 
 LAYER_CONVENTION = (
@@ -111,51 +112,6 @@ def generation_dir(published: Path, generation: int) -> Path:
 # -- building ---------------------------------------------------------------------------
 
 
-def _sample_key(node_id: str) -> str:
-    return hashlib.sha1(node_id.encode()).hexdigest()
-
-
-def _calibration_samples(
-    ledger: Ledger,
-    fold: Accumulators,
-    rows: list[str],
-    units: dict[str, npt.NDArray[np.float64]],
-    limit: int,
-) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
-    """Projections `[n, n_layers]` of a deterministic sample of positives and negatives."""
-    positives: dict[str, list[str]] = {name: [] for name in rows}
-    negatives: dict[str, list[str]] = {name: [] for name in rows}
-    live = sorted(ledger.live_labels(), key=lambda row: _sample_key(row[0]))
-    for node_id, tags, content in live:
-        if not is_eligible(tags, content, fold.labels):
-            continue
-        labels = label_node(tags, content, fold.known, fold.labels)
-        for name in rows:
-            if name in labels.positive and len(positives[name]) < limit:
-                positives[name].append(node_id)
-            elif name not in labels.excluded_from_negatives and len(negatives[name]) < limit:
-                negatives[name].append(node_id)
-    wanted = {i for ids in (*positives.values(), *negatives.values()) for i in ids}
-    projections: dict[tuple[str, str], list[npt.NDArray[np.float64]]] = {}
-    role = {(name, i): "pos" for name, ids in positives.items() for i in ids}
-    role.update({(name, i): "neg" for name, ids in negatives.items() for i in ids})
-    for entry in ledger.sample_live_entries(sorted(wanted)):
-        x = entry.activations.astype(np.float64)
-        for name in rows:
-            kind = role.get((name, entry.node_id))
-            if kind is not None:
-                projections.setdefault((name, kind), []).append(
-                    np.einsum("lh,lh->l", x, units[name])
-                )
-    width = len(next(iter(units.values()))) if units else 0
-
-    def stacked(name: str, kind: str) -> npt.NDArray[np.float64]:
-        values = projections.get((name, kind))
-        return np.stack(values) if values else np.zeros((0, width))
-
-    return {name: (stacked(name, "pos"), stacked(name, "neg")) for name in rows}
-
-
 def _previous_vectors(published: Path) -> dict[str, npt.NDArray[np.float64]]:
     """Per concept `[n_layers, hidden]` from the current generation, for stale rows."""
     manifest = current_manifest(published)
@@ -191,36 +147,32 @@ def build_release(
     units: dict[str, npt.NDArray[np.float64]] = {}
     stale: list[str] = []
     previous: dict[str, npt.NDArray[np.float64]] | None = None
+    negatives = {name: fold.negatives(name) for name in selection.rows if name in fold.positive}
     for name in selection.rows:
         n_pos, n_neg = counts.get(name, (0, 0))
         if n_pos > 0 and n_neg > 0:
-            units[name] = direction(
-                fold.positive[name], fold.negatives(name), config.vectors.method
-            )
+            units[name] = direction(fold.positive[name], negatives[name], config.vectors.method)
             continue
         # A published concept keeps its row; with no data left, it keeps its last vector.
         previous = _previous_vectors(published) if previous is None else previous
         units[name] = previous.get(name, np.zeros(fold.shape))
         stale.append(name)
-    samples = _calibration_samples(
-        ledger, fold, selection.rows, units, config.vectors.calibration_sample
+    stacked = np.stack([units[name] for name in selection.rows]) if selection.rows else np.zeros(0)
+    pos_spread, neg_spread = projection_spread(
+        ledger, fold, selection.rows, stacked, config.vectors.calibration_sample
     )
     calibration: dict[str, dict[str, dict[str, float]]] = {}
-    for name in selection.rows:
-        positive_sample, negative_sample = samples[name]
+    zeros = np.zeros(fold.shape)
+    for row, name in enumerate(selection.rows):
         has_data = name in fold.positive and name not in stale
-        per_layer = {}
-        for i, layer in enumerate(model.layers):
-            pos_mean = fold.positive[name].mean[i] if has_data else np.zeros(fold.shape[1])
-            neg_mean = fold.negatives(name).mean[i] if has_data else np.zeros(fold.shape[1])
-            per_layer[str(layer)] = calibrate(
-                units[name][i],
-                pos_mean,
-                neg_mean,
-                positive_sample[:, i] if positive_sample.size else np.zeros((0,)),
-                negative_sample[:, i] if negative_sample.size else np.zeros((0,)),
+        pos_means = fold.positive[name].mean if has_data else zeros
+        neg_means = negatives[name].mean if has_data else zeros
+        calibration[name] = {
+            str(layer): calibrate(
+                units[name][i], pos_means[i], neg_means[i], pos_spread[row, i], neg_spread[row, i]
             ).as_dict()
-        calibration[name] = per_layer
+            for i, layer in enumerate(model.layers)
+        }
     manifest: dict[str, Any] = {
         "format": "amygdala-readout/1",
         "concepts": selection.rows,
@@ -242,6 +194,10 @@ def build_release(
         "stale": stale,
         "unpublished": selection.unpublished,
         "calibration": calibration,
+        # Held-out AUROC per concept and layer, so a consumer can hide weak concepts.
+        "quality": manifest_quality(
+            fold, ledger, selection.rows, model.layers, config.vectors.method
+        ),
         "settings_fingerprint": settings_fingerprint(config, model),
         "registry_epoch": ledger.get_meta("registry_epoch") or "0",
     }
@@ -257,7 +213,7 @@ def build_release(
 # -- writing ----------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -265,7 +221,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -273,13 +229,13 @@ def _write_file(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
-def _replace_flat(target: Path, data: bytes) -> None:
+def replace_flat(target: Path, data: bytes) -> None:
     """Write beside `target`, then rename over it: never an in-place write."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    _write_file(temp, data)
+    write_file(temp, data)
     os.replace(temp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def serialize(release: Release, dtype: str) -> tuple[bytes, bytes]:
@@ -304,7 +260,7 @@ def swap_current(published: Path, generation: int) -> None:
         link.unlink()
     os.symlink(generation_dir(published, generation).name, link)
     os.replace(link, published / "current")
-    _fsync_dir(published)
+    fsync_dir(published)
 
 
 def write_generation(
@@ -323,17 +279,17 @@ def write_generation(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     vectors, manifest = serialize(release, dtype)
-    _write_file(partial / VECTORS_FILE, vectors)
-    _write_file(partial / MANIFEST_FILE, manifest)
+    write_file(partial / VECTORS_FILE, vectors)
+    write_file(partial / MANIFEST_FILE, manifest)
     os.chmod(partial, 0o755)
-    _fsync_dir(partial)
+    fsync_dir(partial)
     os.replace(partial, final)
-    _fsync_dir(published)
+    fsync_dir(published)
     swap_current(published, generation)
     if vectors_path:
-        _replace_flat(Path(vectors_path), vectors)
+        replace_flat(Path(vectors_path), vectors)
     if manifest_path:
-        _replace_flat(Path(manifest_path), manifest)
+        replace_flat(Path(manifest_path), manifest)
     prune(published, keep)
     return final
 

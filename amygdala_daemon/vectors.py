@@ -54,27 +54,20 @@ def calibrate(
     unit: npt.NDArray[np.floating],
     positive_mean: npt.NDArray[np.floating],
     negative_mean: npt.NDArray[np.floating],
-    positive_projections: npt.NDArray[np.floating],
-    negative_projections: npt.NDArray[np.floating],
+    positive_std: float,
+    negative_std: float,
 ) -> Calibration:
     """Projection statistics on one layer's unit direction `[hidden]`.
 
-    Means are exact (the projection of the mean is the mean of the projections); standard
-    deviations come from projections of sampled stored activations, since the accumulators
-    keep only the per-dimension variance, not the covariance a projection's variance needs.
+    Means are exact: the projection of the mean is the mean of the projections. The standard
+    deviations are measured on sampled activations (see `calibration.projection_spread`).
     """
     return Calibration(
         pos_mean=float(np.dot(positive_mean, unit)),
-        pos_std=_std(positive_projections),
+        pos_std=float(positive_std),
         neg_mean=float(np.dot(negative_mean, unit)),
-        neg_std=_std(negative_projections),
+        neg_std=float(negative_std),
     )
-
-
-def _std(values: npt.NDArray[np.floating]) -> float:
-    if values.size < 2:
-        return 0.0
-    return float(np.std(values.astype(np.float64), ddof=1))
 
 
 def z_score(projection: float, calibration: dict[str, float]) -> float:
