@@ -173,7 +173,7 @@ def cmd_extract_pairs(args: argparse.Namespace) -> int:
     if args.max_examples_per_emotion is not None:
         cap = _integer("--max-examples-per-emotion", args.max_examples_per_emotion, 1)
     source = choose_source(config.source, args.source, args.memory_mcp_url)
-    result = extract_pairs(source, Path(args.output_dir), labels, cap)
+    result = extract_pairs(source, Path(args.output_dir), labels, cap, config.concepts.aliases)
     for problem in result.problems:
         print(f"extract-pairs: source problem: {problem}", file=sys.stderr)
     print(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from amygdala_daemon.errors import ConfigError
+
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -100,6 +103,8 @@ class ConceptsConfig:
     """Curated list: when non-empty, only these concepts are published."""
     exclude: list[str] = field(default_factory=list)
     """Concepts never published."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Tag names counted as another concept, e.g. love = "warmth" ([concepts.aliases])."""
 
 
 @dataclass
@@ -187,6 +192,16 @@ def _coerce(key: str, value: Any, annotation: Any, metadata: Any) -> Any:
     if isinstance(annotation, types.UnionType):
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _coerce(key, value, inner[0], metadata)
+    if typing.get_origin(annotation) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table of names, got {value!r}")
+        out: dict[str, str] = {}
+        for name, target in value.items():
+            for part in (name, target):
+                if not isinstance(part, str) or not _TAG_NAME.fullmatch(part):
+                    raise ConfigError(f"{key}.{name}", f"{part!r} is not a tag name")
+            out[name.lower()] = target.lower()
+        return out
     if typing.get_origin(annotation) is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):

@@ -45,14 +45,18 @@ EXTRACT_CHUNK = 128
 
 
 def model_settings(config: Config) -> dict[str, Any]:
-    """The config keys that shape stored activations: changing one needs a full rebuild."""
+    """The config keys that shape what the ledger stores: changing one needs a full rebuild.
+
+    The model keys shape the activations; aliases are applied as tags are parsed.
+    """
     model = config.model
     return {
-        "name": model.name,
-        "layers": model.layers,
-        "pooling": model.pooling,
-        "sink_norm_ratio": model.sink_norm_ratio,
-        "max_tokens": model.max_tokens,
+        "model.name": model.name,
+        "model.layers": model.layers,
+        "model.pooling": model.pooling,
+        "model.sink_norm_ratio": model.sink_norm_ratio,
+        "model.max_tokens": model.max_tokens,
+        "concepts.aliases": config.concepts.aliases,
     }
 
 
@@ -150,7 +154,7 @@ class Engine:
         before = json.loads(stored)
         changed = sorted(key for key in wanted if before.get(key) != wanted[key])
         if changed:
-            keys = ", ".join(f"model.{key}" for key in changed)
+            keys = ", ".join(changed)
             raise InputError(
                 f"{keys} changed since the stored activations were made "
                 f"({', '.join(f'{before.get(k)!r} -> {wanted[k]!r}' for k in changed)}); "
@@ -259,7 +263,7 @@ class Engine:
             report.deleted.append(node_id)
         to_extract = []
         for node in sorted(changes.upserts, key=lambda n: n.id):
-            parsed = parse_text(node.text)
+            parsed = parse_text(node.text, self.config.concepts.aliases)
             reason = "" if parsed.tags else "no valid tag"
             if parsed.tags and not parsed.content:
                 reason = "no content above the tag lines"
@@ -353,7 +357,10 @@ class Engine:
     def reconfigure(self, config: Config) -> None:
         """Adopt a reloaded config; a label change refolds, a model change is refused."""
         if model_settings(config) != model_settings(self.config):
-            raise InputError("model settings cannot change on reload; restart with `rebuild`")
+            raise InputError(
+                "[model] settings and concepts.aliases cannot change on reload; "
+                "run `amygdala-daemon rebuild`"
+            )
         labels_changed = config.labels != self.config.labels
         self.config = config
         if labels_changed and self.model_info is not None:

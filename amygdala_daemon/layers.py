@@ -66,7 +66,7 @@ def sample_eligible(config: Config, size: int) -> tuple[list[SampledNode], int]:
     for node in snapshot.nodes.values():
         if not isinstance(node.text, str):
             continue
-        parsed = parse_text(node.text)
+        parsed = parse_text(node.text, config.concepts.aliases)
         if is_eligible(parsed.tags, parsed.content, config.labels):
             eligible.append(SampledNode(node.id, parsed.tags, parsed.content))
     eligible.sort(key=lambda n: hashlib.sha256(n.node_id.encode()).hexdigest())

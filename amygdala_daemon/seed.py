@@ -65,7 +65,9 @@ def cap_key(node_id: str) -> str:
     return hashlib.sha256(node_id.encode("utf-8")).hexdigest()
 
 
-def collect_pairs(nodes: Iterable[SourceNode], labels: LabelsConfig) -> tuple[Pairs, int]:
+def collect_pairs(
+    nodes: Iterable[SourceNode], labels: LabelsConfig, aliases: dict[str, str] | None = None
+) -> tuple[Pairs, int]:
     """Every emotion's positives and negatives, labeled as the daemon's fold labels them.
 
     Emotions are the tag names seen on eligible nodes, which is what the fold knows after
@@ -73,7 +75,7 @@ def collect_pairs(nodes: Iterable[SourceNode], labels: LabelsConfig) -> tuple[Pa
     """
     eligible = []
     for node in sorted(nodes, key=lambda n: n.id):
-        parsed = parse_text(node.text)
+        parsed = parse_text(node.text, aliases)
         if is_eligible(parsed.tags, parsed.content, labels):
             eligible.append((node.id, parsed))
     known = KnownConcepts(name for _, parsed in eligible for name in parsed.tags)
@@ -137,11 +139,12 @@ def extract_pairs(
     output_dir: Path,
     labels: LabelsConfig,
     max_examples: int | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> PairsResult:
     """Label the graph and write the examples directory; the same graph gives the same bytes."""
     _check_output_dir(output_dir)
     snapshot = source.snapshot()
-    pairs, eligible = collect_pairs(snapshot.nodes.values(), labels)
+    pairs, eligible = collect_pairs(snapshot.nodes.values(), labels, aliases)
     counts: dict[str, dict[str, int]] = {}
     skipped: dict[str, str] = {}
     files: dict[str, bytes] = {}

@@ -38,7 +38,7 @@ def _parse_score(value: str) -> float | None:
     return score
 
 
-def parse_text(text: str) -> ParsedText:
+def parse_text(text: str, aliases: dict[str, str] | None = None) -> ParsedText:
     """Split trailing tag lines from `text`.
 
     >>> p = parse_text("Fixed the bug with Maya.\\nwarmth:9 clarity:10 joy:11")
@@ -65,4 +65,21 @@ def parse_text(text: str) -> ParsedText:
             else:
                 malformed.append(token)
     content = "\n".join(lines[:start]).strip()
+    if aliases:
+        tags = apply_aliases(tags, aliases)
     return ParsedText(content=content, tags=tags, malformed=tuple(malformed))
+
+
+def apply_aliases(tags: dict[str, float], aliases: dict[str, str]) -> dict[str, float]:
+    """Count aliased tags as their concept; on a collision the higher score wins.
+
+    >>> apply_aliases({"love": 9.0, "warmth": 6.0}, {"love": "warmth"})
+    {'warmth': 9.0}
+    """
+    if not aliases:
+        return tags
+    out: dict[str, float] = {}
+    for name, score in tags.items():
+        concept = aliases.get(name, name)
+        out[concept] = max(score, out.get(concept, score))
+    return out

@@ -235,3 +235,36 @@ def test_quarantine_and_ineligible_are_recorded(tmp_path: Path, tiny_model_dir: 
         assert engine._extractor is None
     finally:
         engine.close()
+
+
+def test_aliases_fold_into_their_concept_and_a_change_needs_rebuild(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    nodes = [
+        {
+            "id": f"n{i}",
+            "text": f"Long enough content number {i} about an evening together.\n"
+            + ("love:9" if i % 2 else "warmth:9"),
+        }
+        for i in range(12)
+    ] + [
+        {"id": f"m{i}", "text": f"Other long enough content {i} about the weather today.\ncalm:8"}
+        for i in range(8)
+    ]
+    graph = write_jsonl(tmp_path / "graph.jsonl", nodes)
+    config = make_config(
+        tmp_path / "s", graph, tiny_model_dir, concepts={"aliases": {"love": "warmth"}}
+    )
+    engine = Engine(config)
+    try:
+        engine.sync(open_source(config.source))
+        assert engine.fold is not None
+        counts = {c.name: c.n_pos for c in engine.fold.counts()}
+        assert counts == {"warmth": 12, "calm": 8}
+    finally:
+        engine.close()
+    plain = make_config(tmp_path / "s", graph, tiny_model_dir)
+    with pytest.raises(
+        InputError, match=r"concepts.aliases changed .*run `amygdala-daemon rebuild`"
+    ):
+        Engine(plain)

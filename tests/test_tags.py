@@ -94,3 +94,9 @@ def test_malformed_tokens_are_ignored_not_fatal(lines: list[str], tokens: list[s
     assert parsed.content == content
     valid = [t for t in tokens if re.fullmatch(r"[a-z][a-z0-9_-]*:(10|\d)", t)]
     assert len(parsed.malformed) == len(tokens) - len(valid)
+
+
+def test_aliases_count_as_their_concept_and_the_higher_score_wins() -> None:
+    parsed = parse_text("Body text here.\nlove:9 warmth:6 joy:8", {"love": "warmth"})
+    assert parsed.tags == {"warmth": 9.0, "joy": 8.0}
+    assert parse_text("Body.\nlove:4 warmth:7", {"love": "warmth"}).tags == {"warmth": 7.0}

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+
+from amygdala_daemon.config import Config, from_dict, load
+from amygdala_daemon.errors import ConfigError
+
+
+def test_every_field_has_a_default_and_a_docstring() -> None:
+    import ast
+    import inspect
+
+    import amygdala_daemon.config as module
+
+    tree = ast.parse(inspect.getsource(module))
+    documented = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for i, item in enumerate(body[:-1]):
+                following = body[i + 1]
+                if (
+                    isinstance(item, ast.AnnAssign)
+                    and isinstance(following, ast.Expr)
+                    and isinstance(following.value, ast.Constant)
+                ):
+                    documented.add((node.name, item.target.id))  # type: ignore[union-attr]
+    sections = [Config] + [
+        typing.get_type_hints(Config)[f.name]
+        for f in dataclasses.fields(Config)
+        if dataclasses.is_dataclass(typing.get_type_hints(Config)[f.name])
+    ]
+    for section in sections:
+        for fld in dataclasses.fields(section):
+            assert (
+                fld.default is not dataclasses.MISSING
+                or fld.default_factory is not dataclasses.MISSING
+            )
+            if not dataclasses.is_dataclass(typing.get_type_hints(section)[fld.name]):
+                assert (section.__name__, fld.name) in documented, f"{section.__name__}.{fld.name}"
+
+
+def test_empty_config_is_the_embedded_defaults(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert load(empty) == Config()
+    assert load(None).model.name == "smollm2-135m"
+
+
+def test_values_are_checked_and_coerced() -> None:
+    config = from_dict(
+        {
+            "labels": {"min_positive_score": 7, "max_negative_score": 2},
+            "concepts": {"aliases": {"Love": "warmth"}},
+        }
+    )
+    assert config.labels.min_positive_score == 7.0
+    assert config.labels.max_negative_score == 2.0
+    assert config.concepts.aliases == {"love": "warmth"}
+    with pytest.raises(ConfigError, match=r"concepts.aliases.love: '9x' is not a tag name"):
+        from_dict({"concepts": {"aliases": {"love": "9x"}}})
+    with pytest.raises(ConfigError, match=r"model.threads: expected an integer, got True"):
+        from_dict({"model": {"threads": True}})
+    with pytest.raises(ConfigError, match=r"daemon: expected a table"):
+        from_dict({"daemon": 3})
