@@ -7,12 +7,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from amygdala_daemon import __version__
-from amygdala_daemon.config import Config, load
+from amygdala_daemon.cli_common import config_from_args, progress_bar
+from amygdala_daemon.config import Config
 from amygdala_daemon.errors import AmygdalaError, InputError
 
 log = logging.getLogger("amygdala_daemon")
@@ -29,25 +29,11 @@ With no configuration it runs on the bundled sample graph and the bundled SmolLM
 """
 
 
-def progress_bar(total: int, label: str) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: a bar on a terminal, silence in logs and CI.
-    return tqdm(total=total, desc=label, unit="node", file=sys.stderr, disable=None)
-
-
-def _config(args: argparse.Namespace) -> Config:
-    config = load(args.config)
-    if args.state_dir:
-        config = replace(config, state_dir=args.state_dir)
-    return config
-
-
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from amygdala_daemon.engine import Engine
     from amygdala_daemon.sources import open_source
 
-    config = _config(args)
+    config = config_from_args(args)
     engine = Engine(config, progress=progress_bar, for_full_rebuild=not args.from_cache)
     try:
         source = open_source(config.source)
@@ -74,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from amygdala_daemon.daemon import Daemon
 
-    config = _config(args)
+    config = config_from_args(args)
     daemon = Daemon(config, config_path=args.config)
     if not args.once:
         return asyncio.run(daemon.run())
@@ -113,7 +99,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from amygdala_daemon.engine import Engine
     from amygdala_daemon.lock import lock_holder
 
-    config = _config(args)
+    config = config_from_args(args)
     holder = lock_holder(config.state_path)
     if holder is not None:
         # The daemon owns the state: ask it to publish rather than fight for the lock.
@@ -153,7 +139,7 @@ def _fire_hooks(config: Config, generation_dir: Path) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from amygdala_daemon.status import format_status, status_report
 
-    report = status_report(_config(args))
+    report = status_report(config_from_args(args))
     print(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 
@@ -172,7 +158,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         texts = [" ".join(args.text)]
     else:
         raise InputError("probe: give TEXT, or --file F (one text per line; - for stdin)")
-    results = probe_texts(_config(args), texts)
+    results = probe_texts(config_from_args(args), texts)
     print(json.dumps(results, indent=2) if args.json else format_probe(results, args.top))
     return 0
 
@@ -181,7 +167,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from amygdala_daemon.lock import StateLock
     from amygdala_daemon.publisher import rollback
 
-    config = _config(args)
+    config = config_from_args(args)
     with StateLock(config.state_path):
         generation = rollback(config.state_path / "published", args.generation)
     print(f"current -> generation {generation}")

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from amygdala_daemon.config import Config, load
-from amygdala_daemon.errors import AmygdalaError, InputError
-
-
-def _config(args: argparse.Namespace) -> Config:
-    config = load(args.config)
-    if args.state_dir:
-        config = replace(config, state_dir=args.state_dir)
-    return config
+from amygdala_daemon.cli_common import config_from_args
+from amygdala_daemon.errors import InputError
 
 
 def _check_plots_dir(directory: str | None) -> Path | None:
@@ -38,7 +28,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"--crosstalk-threshold: {args.crosstalk_threshold} is not between 0 and 1"
         )
     plots = _check_plots_dir(args.plots)
-    report = build_report(_config(args), crosstalk_threshold=args.crosstalk_threshold)
+    report = build_report(config_from_args(args), crosstalk_threshold=args.crosstalk_threshold)
     print(json.dumps(report.data, indent=2) if args.json else format_report(report.data))
     if plots is not None:
         from amygdala_daemon.plots import write_report_plots
@@ -60,7 +50,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         from amygdala_daemon.plots import require_matplotlib
 
         require_matplotlib()
-    data = layer_sweep(_config(args), sample=args.sample)
+    data = layer_sweep(config_from_args(args), sample=args.sample)
     print(json.dumps(data, indent=2) if args.json else format_layers(data))
     if plots is not None:
         from amygdala_daemon.plots import auroc_heatmap
@@ -124,26 +114,3 @@ def add_quality_commands(commands: argparse._SubParsersAction) -> None:  # type:
         "--plots", metavar="DIR", help="also write DIR/layer_sweep.png (needs matplotlib)"
     )
     layers.set_defaults(func=cmd_layers)
-
-
-def quality_main(argv: Sequence[str] | None = None) -> int:
-    """`report` and `layers` alone, handled as `amygdala-daemon` handles errors."""
-    parser = argparse.ArgumentParser(prog="amygdala-daemon")
-    parser.add_argument("--config", help="TOML config file (default: $AMYGDALA_CONFIG)")
-    parser.add_argument("--state-dir", help="state directory (overrides state_dir in the config)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_quality_commands(commands)
-    args = parser.parse_args(argv)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        code: int = args.func(args)
-        return code
-    except AmygdalaError as exc:
-        print(f"amygdala-daemon: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(quality_main(sys.argv[1:]))

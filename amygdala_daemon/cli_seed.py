@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from amygdala_daemon.config import Config, SourceConfig, load
-from amygdala_daemon.errors import AmygdalaError, InputError
+from amygdala_daemon.cli_common import config_from_args, progress_bar
+from amygdala_daemon.config import SourceConfig
+from amygdala_daemon.errors import InputError
 
 if TYPE_CHECKING:
     from amygdala_daemon.sources import MemorySource
@@ -117,20 +116,6 @@ def choose_source(
     return sources.open_source(config)
 
 
-def progress_bar(total: int, label: str) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: a bar on a terminal, silence in logs and CI.
-    return tqdm(total=total, desc=label, unit="text", file=sys.stderr, disable=None)
-
-
-def _config(args: argparse.Namespace) -> Config:
-    config = load(args.config)
-    if args.state_dir:
-        config = replace(config, state_dir=args.state_dir)
-    return config
-
-
 def _number(flag: str, value: str, low: float, high: float) -> float:
     try:
         number = float(value)
@@ -154,7 +139,7 @@ def _integer(flag: str, value: str, minimum: int) -> int:
 def cmd_extract_pairs(args: argparse.Namespace) -> int:
     from amygdala_daemon.seed import extract_pairs
 
-    config = _config(args)
+    config = config_from_args(args)
     # Each flag left out keeps the config's [labels] value.
     labels = config.labels
     if args.min_positive_score is not None:
@@ -190,7 +175,7 @@ def cmd_extract_pairs(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from amygdala_daemon.seed import train
 
-    config = _config(args)
+    config = config_from_args(args)
     model = config.model
     if args.model is not None:
         model = replace(model, name=args.model)
@@ -207,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         Path(args.output),
         Path(args.manifest) if args.manifest else None,
         layers_flag="--target-layers" if args.target_layers is not None else "config: model.layers",
-        progress=progress_bar,
+        progress=lambda total, label: progress_bar(total, label, "text"),
     )
     for name, reason in result.skipped.items():
         print(f"train: skipped {name}: {reason}")
@@ -291,23 +276,3 @@ def add_seed_commands(commands: argparse._SubParsersAction) -> None:  # type: ig
         "--batch-size", metavar="N", help="most texts per batch, next to the token budget"
     )
     trainer.set_defaults(func=cmd_train)
-
-
-def seed_main(argv: Sequence[str] | None = None) -> int:
-    """The two seed commands alone, with the CLI's global flags and error handling."""
-    parser = argparse.ArgumentParser(prog="amygdala-daemon")
-    parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--state-dir", help="state directory (overrides state_dir)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_seed_commands(commands)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        code: int = args.func(args)
-        return code
-    except AmygdalaError as exc:
-        print(f"amygdala-daemon: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from amygdala_daemon.cli_quality import quality_main
+from amygdala_daemon.cli import main as cli_main
 from amygdala_daemon.config import Config, load
 from amygdala_daemon.engine import Engine
 from amygdala_daemon.publisher import current_manifest
@@ -55,7 +55,7 @@ def published_state(
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
-    assert quality_main(list(argv)) == 0
+    assert cli_main(list(argv)) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -112,7 +112,7 @@ def test_report_table_reads_while_the_daemon_holds_the_lock(
     path, config = published_state
     writer = Engine(config)  # holds the writer lock, as the running daemon would
     try:
-        assert quality_main(["--config", str(path), "report"]) == 0
+        assert cli_main(["--config", str(path), "report"]) == 0
         table = capsys.readouterr().out
     finally:
         writer.close()
@@ -171,7 +171,7 @@ def test_plots_without_matplotlib_say_how_to_get_it(
 ) -> None:
     path, _ = published_state
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
-    code = quality_main(["--config", str(path), "report", "--plots", str(tmp_path / "p")])
+    code = cli_main(["--config", str(path), "report", "--plots", str(tmp_path / "p")])
     assert code == 2
     assert capsys.readouterr().err.strip() == (
         "amygdala-daemon: error: --plots needs matplotlib: pip install 'amygdala-daemon[plots]'"
@@ -183,9 +183,9 @@ def test_report_errors_are_one_line(
 ) -> None:
     graph = write_jsonl(tmp_path / "graph.jsonl", sample_nodes()[:5])
     path, _ = write_config(tmp_path, graph, tiny_model_dir)
-    assert quality_main(["--config", str(path), "report"]) == 1
+    assert cli_main(["--config", str(path), "report"]) == 1
     assert "no published generation" in capsys.readouterr().err
-    assert quality_main(["--config", str(path), "report", "--crosstalk-threshold", "2"]) == 2
+    assert cli_main(["--config", str(path), "report", "--crosstalk-threshold", "2"]) == 2
     assert "--crosstalk-threshold" in capsys.readouterr().err
 
 
@@ -203,6 +203,6 @@ def test_layers_sweeps_every_block(
         assert all(0.0 <= v <= 1.0 for v in concept["auroc"].values())
     best = max(data["mean_auroc"].values())
     assert data["mean_auroc"][str(data["recommended"][0])] == best
-    assert quality_main(["--config", str(path), "layers", "--sample", "100"]) == 0
+    assert cli_main(["--config", str(path), "layers", "--sample", "100"]) == 0
     text = capsys.readouterr().out
     assert "recommended layers:" in text and "60-80% of depth" in text

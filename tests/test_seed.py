@@ -28,23 +28,9 @@ from tests.conftest import make_config, sample_nodes, write_jsonl
 from tests.test_cli import one_error_line
 from tests.test_publisher import check_generation
 
-SEED_MAIN = (
-    "import sys; from amygdala_daemon.cli_seed import seed_main; sys.exit(seed_main(sys.argv[1:]))"
-)
-
-
-def _wired() -> bool:
-    """Whether the main CLI has the seed commands yet; until then, call them directly."""
-    from amygdala_daemon.cli import build_parser
-
-    return any(
-        isinstance(action, argparse._SubParsersAction) and "train" in action.choices
-        for action in build_parser()._actions
-    )
-
 
 def seed_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    entry = ["-m", "amygdala_daemon"] if _wired() else ["-c", SEED_MAIN]
+    entry = ["-m", "amygdala_daemon"]
     env = {k: v for k, v in os.environ.items() if k != "AMYGDALA_CONFIG"}
     return subprocess.run(
         [sys.executable, *entry, *args],
