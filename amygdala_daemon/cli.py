@@ -156,8 +156,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         texts = [line for line in raw.splitlines() if line.strip()]
     elif args.text:
         texts = [" ".join(args.text)]
+    elif not sys.stdin.isatty():
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     else:
-        raise InputError("probe: give TEXT, or --file F (one text per line; - for stdin)")
+        raise InputError("probe: give TEXT, or --file F (one text per line; - or a pipe: stdin)")
     results = probe_texts(config_from_args(args), texts)
     print(json.dumps(results, indent=2) if args.json else format_probe(results, args.top))
     return 0
@@ -247,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run text through the model and project it onto every published concept at "
         "every layer: raw dot products, and z-scores against the negatives' calibration.",
     )
-    probe.add_argument("text", nargs="*", help="the text to probe")
+    probe.add_argument(
+        "text", nargs="*", help="the text to probe (none: one text per line from stdin)"
+    )
     probe.add_argument("--file", help="a file with one text per line (- for stdin)")
     probe.add_argument("--json", action="store_true", help="a JSON list, one object per text")
     probe.add_argument("--top", type=int, default=5, help="concepts shown per text (default 5)")

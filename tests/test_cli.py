@@ -184,3 +184,18 @@ def test_ci_runs_the_readme_test_command() -> None:
     match = re.search(r"<!-- test-command -->\n```sh\n(.+?)\n```", readme, re.S)
     assert match is not None, "README marks its test command"
     assert match.group(1).strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_probe_reads_stdin_one_text_per_line(tiny_config: Path) -> None:
+    assert cli("--config", str(tiny_config), "rebuild").returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "amygdala_daemon", "--config", str(tiny_config), "probe", "--json"],
+        input="We laughed all evening.\n\nThe deadline scared me.\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    texts = [r["text"] for r in json.loads(result.stdout)]
+    assert texts == ["We laughed all evening.", "The deadline scared me."]
