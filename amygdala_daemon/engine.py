@@ -286,6 +286,7 @@ class Engine:
         if not to_extract:
             return report
         extractor = self.extractor
+        log.info("extracting %d new or changed nodes", len(to_extract))
         bar = self.progress(len(to_extract), "extracting") if self.progress else None
         try:
             for start in range(0, len(to_extract), EXTRACT_CHUNK):
@@ -393,11 +394,12 @@ class Engine:
             return None
         self._heal_registry()
         generation = max(generations(self.published), default=0) + 1
+        log.info("publishing generation %d (ledger seq %d)", generation, self.fold.ledger_seq)
         release = build_release(
             self.fold, self.ledger, self.config, self.model_info, self.published, generation
         )
         publish = self.config.publish
-        return write_generation(
+        written = write_generation(
             release,
             self.published,
             self.config.vectors.dtype,
@@ -405,6 +407,8 @@ class Engine:
             publish.vectors_path,
             publish.manifest_path,
         )
+        log.info("published %s", written)
+        return written
 
     def _new_registry_epoch(self) -> None:
         epoch = int(self.ledger.get_meta("registry_epoch") or 0) + 1

@@ -23,6 +23,19 @@ from tests.test_publisher import check_generation
 KILLS = 32
 
 
+def phase_at_kill(log_text: str) -> str:
+    """What the daemon was doing when it died: its last log line names the phase it began."""
+    lines = [line for line in log_text.splitlines() if " INFO " in line]
+    last = lines[-1] if lines else ""
+    if "extracting" in last:
+        return "ingesting"
+    if 'Running job "Daemon.checkpoint' in last:
+        return "checkpointing"
+    if "publishing generation" in last:
+        return "publishing"
+    return "between phases"
+
+
 def ready_count(daemon: DaemonProcess) -> int:
     return (
         daemon.log.read_text().count("INFO amygdala_daemon.daemon: ready:")
@@ -86,6 +99,7 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
         )
     )
     cursor = 40
+    phases: dict[str, int] = {}
     live: dict[str, dict[str, Any]] = {n["id"]: n for n in nodes[:40]}
     try:
         for kill in range(KILLS):
@@ -111,6 +125,8 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
             assert daemon.process is not None
             daemon.process.send_signal(signal.SIGKILL)
             daemon.process.wait()
+            run_log = daemon.log.read_text().rsplit("INFO amygdala_daemon.daemon: ready:", 1)[-1]
+            phases[phase_at_kill(run_log)] = phases.get(phase_at_kill(run_log), 0) + 1
             check_state(daemon, config)
         # One last clean pass, then the whole state against a from-scratch rebuild.
         daemon.start()
@@ -125,6 +141,8 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
     finally:
         daemon.kill()
     check_state(daemon, config)
+    print(f"SIGKILLs by phase: {phases}")
+    assert sum(phases.values()) == KILLS
 
     final_graph = write_jsonl(tmp_path / "final.jsonl", list(live.values()))
     fresh_config = from_dict(
