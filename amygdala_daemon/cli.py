@@ -171,7 +171,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     with StateLock(config.state_path):
-        generation = rollback(config.state_path / "published", args.generation)
+        generation = rollback(
+            config.state_path / "published",
+            args.generation,
+            config.publish.vectors_path,
+            config.publish.manifest_path,
+        )
     print(f"current -> generation {generation}")
     return 0
 

@@ -312,8 +312,13 @@ def prune(published: Path, keep: int) -> list[int]:
     return removed
 
 
-def rollback(published: Path, generation: int | None) -> int:
-    """Point `current` at `generation`, or at the one before the current one."""
+def rollback(
+    published: Path, generation: int | None, vectors_path: str = "", manifest_path: str = ""
+) -> int:
+    """Point `current` at `generation`, or at the one before the current one.
+
+    The flat copies, when configured, are replaced by the chosen generation's files too.
+    """
     available = generations(published)
     manifest = current_manifest(published)
     if generation is None:
@@ -326,4 +331,9 @@ def rollback(published: Path, generation: int | None) -> int:
         listed = ", ".join(str(g) for g in available) or "none"
         raise InputError(f"rollback: generation {generation} does not exist (kept: {listed})")
     swap_current(published, generation)
+    chosen = generation_dir(published, generation)
+    if vectors_path:
+        replace_flat(Path(vectors_path), (chosen / VECTORS_FILE).read_bytes())
+    if manifest_path:
+        replace_flat(Path(manifest_path), (chosen / MANIFEST_FILE).read_bytes())
     return generation

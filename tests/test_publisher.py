@@ -119,7 +119,9 @@ def test_rollback(tmp_path: Path, graph_path: Path, tiny_model_dir: Path) -> Non
     finally:
         engine.close()
     published = config.state_path / "published"
-    assert rollback(published, None) == 2
+    flat = tmp_path / "flat.safetensors"
+    assert rollback(published, None, str(flat)) == 2
+    assert flat.read_bytes() == (published / "gen-000002/vectors.safetensors").read_bytes()
     assert rollback(published, None) == 1
     assert check_generation(published / "current")["generation"] == 1
     assert rollback(published, 3) == 3
