@@ -29,7 +29,9 @@ from amygdala_daemon.publisher import (
     ModelInfo,
     build_release,
     current_manifest,
+    generation_dir,
     generations,
+    read_manifest,
     settings_fingerprint,
     write_generation,
 )
@@ -380,10 +382,15 @@ class Engine:
             self.ledger.register(concepts[len(registry) :])
 
     def publish(self, force: bool = False) -> Path | None:
-        """Write a new generation; None when nothing changed since the last one."""
+        """Write a new generation; None when nothing changed since the newest one.
+
+        The newest generation, not `current`: after a rollback, nothing is republished
+        until the ledger or the settings move.
+        """
         if self.fold is None or self.model_info is None:
             raise AmygdalaError("nothing to publish yet: no node has been ingested")
-        manifest = current_manifest(self.published)
+        newest = max(generations(self.published), default=None)
+        manifest = None if newest is None else read_manifest(generation_dir(self.published, newest))
         fingerprint = settings_fingerprint(self.config, self.model_info)
         unchanged = (
             manifest is not None

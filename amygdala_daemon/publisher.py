@@ -90,12 +90,16 @@ def settings_fingerprint(config: Config, model: ModelInfo) -> str:
 # -- reading ----------------------------------------------------------------------------
 
 
-def current_manifest(published: Path) -> dict[str, Any] | None:
+def read_manifest(directory: Path) -> dict[str, Any] | None:
     try:
-        loaded: dict[str, Any] = json.loads((published / "current" / MANIFEST_FILE).read_text())
+        loaded: dict[str, Any] = json.loads((directory / MANIFEST_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
     return loaded
+
+
+def current_manifest(published: Path) -> dict[str, Any] | None:
+    return read_manifest(published / "current")
 
 
 def generations(published: Path) -> list[int]:

@@ -123,6 +123,11 @@ def test_rollback(tmp_path: Path, graph_path: Path, tiny_model_dir: Path) -> Non
     assert rollback(published, None, str(flat)) == 2
     assert flat.read_bytes() == (published / "gen-000002/vectors.safetensors").read_bytes()
     assert rollback(published, None) == 1
+    engine = Engine(config)
+    try:
+        assert engine.publish() is None, "a rollback is not undone by the next scheduled publish"
+    finally:
+        engine.close()
     assert check_generation(published / "current")["generation"] == 1
     assert rollback(published, 3) == 3
     with pytest.raises(InputError, match=r"generation 9 does not exist \(kept: 1, 2, 3\)"):
