@@ -31,16 +31,50 @@ def _min(value: float) -> dict[str, Any]:
 
 @dataclass
 class SourceConfig:
-    kind: str = field(default="jsonl", metadata=_choices("jsonl", "directory"))
+    kind: str = field(default="jsonl", metadata=_choices("jsonl", "directory", "mcp"))
     """Where the memory graph lives."""
     path: str = ""
     """jsonl file or directory; empty means the bundled sample graph."""
     url: str = ""
-    """mcp: Streamable HTTP endpoint, e.g. http://localhost:7777/mcp."""
+    """mcp: Streamable HTTP endpoint, e.g. http://localhost:7777/mcp (no path: /mcp)."""
     command: list[str] = field(default_factory=list)
     """mcp: argv of a stdio server, e.g. ["npx", "@modelcontextprotocol/server-memory"]."""
+    args: list[str] = field(default_factory=list)
+    """mcp: more arguments for the stdio server, appended to `command`."""
     preset: str = field(default="", metadata=_choices("", "knowledge-graph"))
-    """mcp: a ready-made tool mapping for a known memory server."""
+    """mcp: a ready-made tool mapping for a known memory server (fills keys left at defaults)."""
+    list_tool: str = "list_nodes"
+    """mcp: the tool that lists every node."""
+    list_args: str = "{}"
+    """mcp: its arguments, a JSON object."""
+    get_tool: str = ""
+    """mcp: optional tool that fetches one node, for listed records that carry no text."""
+    get_args: str = '{"id": "{id}"}'
+    """mcp: its arguments, a JSON object; `{id}` is replaced by the node id."""
+    changes_tool: str = ""
+    """mcp: optional tool that returns the nodes changed since a cursor (tombstones too)."""
+    changes_args: str = '{"cursor": "{cursor}"}'
+    """mcp: its arguments, a JSON object; `{cursor}` is replaced by the last cursor."""
+    cursor_path: str = "cursor"
+    """mcp: dotted path of the cursor in the list and changes results."""
+    result_path: str = "nodes"
+    """mcp: dotted path of the list of records in each result ("" for the result itself)."""
+    id_field: str = "id"
+    """mcp: record field holding the node id."""
+    text_field: str = "text"
+    """mcp: record field holding the text (a string, or a list of strings to join)."""
+    kind_field: str = "kind"
+    """mcp: record field holding the kind ("" for none)."""
+    updated_at_field: str = "updated_at"
+    """mcp: record field holding the update time ("" for none)."""
+    deleted_field: str = "deleted"
+    """mcp: record field that marks a tombstone in a changes result ("" for none)."""
+    text_join: str = "\n"
+    """mcp: joins a list-of-strings text field into the node text."""
+    timeout_s: float = field(default=30.0, metadata=_min(0.1))
+    """mcp: each request (and each connection attempt) is abandoned after this long."""
+    backoff_max_s: float = field(default=30.0, metadata=_min(0.1))
+    """mcp: longest wait between reconnect attempts (exponential backoff with jitter)."""
     settle_s: float = field(default=1.0, metadata=_min(0.0))
     """directory: files modified more recently than this are retried later (half-written)."""
 
@@ -255,7 +289,32 @@ def validate(config: Config) -> Config:
     from amygdala_daemon.schedule import parse_interval  # late: schedule imports nothing of ours
 
     parse_interval(config.publish.interval)
+    if config.source.kind == "mcp":
+        _validate_mcp(config.source)
     return config
+
+
+def _validate_mcp(source: SourceConfig) -> None:
+    """The mcp source needs somewhere to connect and a tool mapping that parses."""
+    from amygdala_daemon.sources.mcp_mapping import MappingError, effective, tool_mapping
+
+    if source.url and source.command:
+        raise ConfigError("source.url", "give source.url or source.command, not both")
+    if source.url and not re.match(r"https?://[^/\s]+", source.url):
+        raise ConfigError("source.url", f"{source.url!r} is not an http:// or https:// URL")
+    if source.args and not source.command:
+        raise ConfigError("source.args", "arguments need a source.command to go with")
+    chosen = effective(source)
+    if not chosen.url and not chosen.command:
+        raise ConfigError(
+            "source.url",
+            "the mcp source needs source.url (Streamable HTTP) or source.command (stdio), "
+            "or a preset that brings its command",
+        )
+    try:
+        tool_mapping(chosen)
+    except MappingError as exc:
+        raise ConfigError(exc.key or "source", exc.problem) from None
 
 
 def from_dict(table: dict[str, Any]) -> Config:

@@ -30,7 +30,7 @@ from amygdala_daemon.schedule import DebounceState, debounce_due, parse_interval
 from amygdala_daemon.sdnotify import Notifier, watchdog_interval
 from amygdala_daemon.server import EventServer
 from amygdala_daemon.sources import MemorySource, SourceError, open_source
-from amygdala_daemon.status import status_report
+from amygdala_daemon.status import SourceState, status_report
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,6 +120,19 @@ class Daemon:
                 )
         self.notifier.status(self._status_line())
 
+    def _start_hints(self) -> None:
+        """A source that can tell when the graph changed wakes the poll loop at once."""
+        start = getattr(self.source, "start_hints", None)
+        if start is not None and self.loop is not None:
+            loop = self.loop
+            start(lambda: loop.call_soon_threadsafe(self.wake.set))
+
+    def _close_source(self) -> None:
+        """Sources holding a connection (mcp) let it go."""
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
     def _publish_now(self, force: bool) -> Path | None:
         assert self.engine is not None
         return self.engine.publish(force=force)
@@ -161,7 +174,10 @@ class Daemon:
         op = request["op"]
         if op == "status":
             assert self.loop is not None
-            report = await self.loop.run_in_executor(None, status_report, self.config)
+            # The daemon knows its source's state: reading the source again here would open a
+            # second connection (or a second stdio server) per request.
+            state = SourceState(self.source.describe(), self.backlog, self.source_error)
+            report = await self.loop.run_in_executor(None, status_report, self.config, state)
             counters = (
                 self.engine._extractor.counters if self.engine and self.engine._extractor else None
             )
@@ -193,7 +209,9 @@ class Daemon:
             self.emit("error", error=f"reload refused: {exc}")
         else:
             if fresh.source != self.config.source:
+                self._close_source()
                 self.source = open_source(fresh.source)
+                self._start_hints()
             if fresh.publish.interval != self.config.publish.interval and self.scheduler:
                 self.scheduler.reschedule_job(
                     "publish", trigger=publish_trigger(fresh.publish.interval)
@@ -260,6 +278,7 @@ class Daemon:
                 await asyncio.gather(*self.hook_tasks)
         finally:
             await self._work(self.engine.close)
+            await self._work(self._close_source)
             self.executor.shutdown()
             self.hook_executor.shutdown(wait=False)
         return 0
@@ -280,6 +299,7 @@ class Daemon:
             log.info("websocket on ws://%s:%d", self.config.server.host, self.server.bound_port)
             self._install_signals()
             self.scheduler = self._start_scheduler()
+            self._start_hints()
             watchdog_every = watchdog_interval()
             watchdog = (
                 asyncio.create_task(self._watchdog(watchdog_every)) if watchdog_every else None
@@ -291,6 +311,9 @@ class Daemon:
                 self.config.daemon.poll_interval,
             )
             while not self.stopping.is_set():
+                # Cleared before the poll, not after: a hint that arrives while the poll runs
+                # may be about a write the poll did not see, so it must cause another poll.
+                self.wake.clear()
                 if self.reload_requested:
                     self.reload_requested = False
                     await self.reload()
@@ -303,7 +326,6 @@ class Daemon:
                     publish.publish_after_changes,
                 ):
                     await self.publish()
-                self.wake.clear()
                 timeout = self.config.daemon.poll_interval
                 if publish.publish_after_s > 0 and self.debounce.pending_changes:
                     timeout = min(timeout, publish.publish_after_s)
@@ -313,6 +335,7 @@ class Daemon:
         finally:
             if self.engine is not None:
                 await self._work(self.engine.close)
+            await self._work(self._close_source)
             self.executor.shutdown()
             self.hook_executor.shutdown(wait=False)
             self.notifier.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from amygdala_daemon.config import Config
@@ -13,8 +14,20 @@ from amygdala_daemon.sources import SourceError, open_source
 from amygdala_daemon.sources.base import diff
 
 
-def status_report(config: Config) -> dict[str, Any]:
-    """The `status --json` object (DESIGN.md "Machine-readable contracts")."""
+@dataclass(frozen=True)
+class SourceState:
+    """What a running daemon already knows of its source, so status need not read it again."""
+
+    description: str
+    backlog: int | None
+    error: str | None
+
+
+def status_report(config: Config, source_state: SourceState | None = None) -> dict[str, Any]:
+    """The `status --json` object (DESIGN.md "Machine-readable contracts").
+
+    Without `source_state` the source is read once to count the backlog.
+    """
     state = config.state_path
     manifest = current_manifest(state / "published")
     report: dict[str, Any] = {
@@ -66,6 +79,11 @@ def status_report(config: Config) -> dict[str, Any]:
             ledger.conn.execute("COMMIT")
         finally:
             ledger.close()
+    if source_state is not None:
+        report["source"] = source_state.description
+        report["backlog"] = source_state.backlog
+        report["source_error"] = source_state.error
+        return report
     try:
         source = open_source(config.source)
         report["source"] = source.describe()
@@ -82,7 +100,8 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [
         f"state dir:   {report['state_dir']}"
         + (f" (writer pid {report['writer_pid']})" if report["writer_pid"] else ""),
-        f"source:      {report['source'] or report['source_error']}",
+        f"source:      {report['source'] or '?'}"
+        + (f"  (error: {report['source_error']})" if report["source_error"] else ""),
         f"generation:  {report['generation'] if report['generation'] is not None else 'none yet'}",
         f"ledger seq:  {report['ledger_seq']}",
         f"backlog:     {report['backlog'] if report['backlog'] is not None else 'unknown'}",

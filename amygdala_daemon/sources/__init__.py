@@ -27,6 +27,10 @@ def open_source(config: SourceConfig) -> MemorySource:
         from amygdala_daemon.sources.jsonl import JsonlSource
 
         return JsonlSource(Path(config.path) if config.path else bundled_sample_path())
+    if config.kind == "mcp":
+        from amygdala_daemon.sources.mcp import McpSource
+
+        return McpSource(config)
     from amygdala_daemon.sources.directory import DirectorySource
 
     if not config.path:
