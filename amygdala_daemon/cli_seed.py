@@ -7,7 +7,6 @@ Flag values are parsed here rather than by argparse types, so a bad one is the s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -42,9 +41,6 @@ On the same graph and settings, extract-pairs then train gives rebuild's vectors
 with no positives or no negatives are skipped and listed.
 """
 
-MCP_MISSING = (
-    "--memory-mcp-url needs the MCP source, which this version does not include; use --source PATH"
-)
 
 _DTYPES = {
     "bf16": "bfloat16",
@@ -88,24 +84,15 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
-def source_kinds() -> tuple[str, ...]:
-    """The `source.kind` values this version's config accepts."""
-    kind = next(f for f in dataclasses.fields(SourceConfig) if f.name == "kind")
-    return tuple(kind.metadata.get("choices", ()))
-
-
 def choose_source(
     config: SourceConfig, path: str | None = None, mcp_url: str | None = None
 ) -> MemorySource:
     """The graph the flags name: an MCP server, a jsonl file or directory, or the config's."""
-    # Through the module, so the MCP source is picked up wherever open_source learns it.
     from amygdala_daemon import sources
 
     if path and mcp_url:
         raise InputError("give --source or --memory-mcp-url, not both")
     if mcp_url:
-        if "mcp" not in source_kinds():
-            raise InputError(MCP_MISSING)
         return sources.open_source(replace(config, kind="mcp", url=mcp_url, command=[]))
     if path:
         local = Path(path).expanduser()

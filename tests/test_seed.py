@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from amygdala_daemon import cli_seed
 from amygdala_daemon.config import Config, LabelsConfig, SourceConfig
 from amygdala_daemon.engine import Engine
 from amygdala_daemon.errors import InputError
 from amygdala_daemon.seed import extract_pairs, read_training_dir, train
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.sources.jsonl import JsonlSource
 from amygdala_daemon.tags import parse_text
 from tests.conftest import make_config, sample_nodes, write_jsonl
 from tests.test_cli import one_error_line
@@ -247,27 +245,35 @@ def test_bad_output_dir_is_refused_and_kept(tmp_path: Path, config: Config) -> N
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
-def test_mcp_url_goes_through_open_source_once_mcp_exists(
-    monkeypatch: pytest.MonkeyPatch,
+def test_extract_pairs_over_mcp_matches_the_same_graph_from_jsonl(
+    tmp_path: Path, graph_path: Path
 ) -> None:
-    from amygdala_daemon import sources
+    from tests.test_mcp import MemoryServer
 
-    if "mcp" not in cli_seed.source_kinds():
-        with pytest.raises(InputError, match="needs the MCP source"):
-            cli_seed.choose_source(SourceConfig(), mcp_url="http://localhost:7777")
-    opened: list[SourceConfig] = []
-    marker = JsonlSource(Path("unused.jsonl"))
-
-    def fake_open_source(source_config: SourceConfig) -> JsonlSource:
-        opened.append(source_config)
-        return marker
-
-    # The day SourceConfig accepts "mcp", the flag takes the same path as the config's source.
-    monkeypatch.setattr(cli_seed, "source_kinds", lambda: ("jsonl", "directory", "mcp"))
-    monkeypatch.setattr(sources, "open_source", fake_open_source)
-    chosen = cli_seed.choose_source(SourceConfig(preset="knowledge-graph"), mcp_url="http://h:1")
-    assert chosen is marker
-    assert [(c.kind, c.url, c.preset) for c in opened] == [("mcp", "http://h:1", "knowledge-graph")]
+    server = MemoryServer(tmp_path)
+    server.write(*sample_nodes())
+    server.start()
+    try:
+        # The seed's own flag, without the /mcp path: it is added.
+        over_mcp = seed_cli(
+            "extract-pairs",
+            "--memory-mcp-url",
+            f"http://127.0.0.1:{server.port}",
+            "--output-dir",
+            str(tmp_path / "mcp-pairs"),
+        )
+    finally:
+        server.stop()
+    assert over_mcp.returncode == 0, over_mcp.stderr
+    from_file = seed_cli(
+        "extract-pairs", "--source", str(graph_path), "--output-dir", str(tmp_path / "file-pairs")
+    )
+    assert from_file.returncode == 0, from_file.stderr
+    for emotion_dir in sorted((tmp_path / "file-pairs").iterdir()):
+        if emotion_dir.is_dir():
+            for name in ("positive.jsonl", "negative.jsonl"):
+                mirrored = tmp_path / "mcp-pairs" / emotion_dir.name / name
+                assert mirrored.read_bytes() == (emotion_dir / name).read_bytes()
 
 
 def test_the_seed_commands_end_to_end(
@@ -359,7 +365,7 @@ def test_bad_train_flags_are_one_line_and_exit_2(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--memory-mcp-url", "http://localhost:7777"], "--memory-mcp-url needs the MCP source"),
+        (["--memory-mcp-url", "ftp://nowhere"], "unsupported protocol"),
         (["--max-examples-per-emotion", "many"], "--max-examples-per-emotion: 'many' is not an"),
         (["--min-positive-score", "11"], "--min-positive-score: 11 is outside 0..10"),
     ],
@@ -367,8 +373,6 @@ def test_bad_train_flags_are_one_line_and_exit_2(
 def test_bad_extract_flags_are_one_line_and_exit_2(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    if args[0] == "--memory-mcp-url" and "mcp" in cli_seed.source_kinds():
-        pytest.skip("this version has the MCP source")
     result = seed_cli("extract-pairs", "--output-dir", str(tmp_path / "pairs"), *args)
     assert result.returncode == 2, result.stderr
     assert message in one_error_line(result)
