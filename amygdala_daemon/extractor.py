@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,14 @@ def resolve_layers(layers: Sequence[int], n_layers: int) -> list[int]:
         if index not in resolved:
             resolved.append(index)
     return sorted(resolved)
+
+
+# Token budget per batch when `batch_tokens` is 0 ("auto"). On CPU the matmuls already run near
+# the core's peak, and past about a thousand tokens the activations fall out of cache:
+# SmolLM2 to block 14 on one thread did 700 tokens per CPU-second at 512-1024 tokens a
+# batch, 560 at 4096. A GPU wants the larger batch.
+CPU_BATCH_TOKENS = 1024
+GPU_BATCH_TOKENS = 4096
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -123,8 +132,10 @@ def pool(
     median = torch.nanmedian(torch.where(real, norms, torch.nan), dim=1, keepdim=True).values
     keep = real & (positions != first) & (norms <= sink_norm_ratio * median)
     keep = torch.where(keep.any(dim=1, keepdim=True), keep, real)
-    weights = keep.to(states.dtype).unsqueeze(-1)
-    return (states * weights).sum(dim=1) / weights.sum(dim=1)
+    # `where`, not a multiply by the mask: a padding position is never read, even when it
+    # holds inf (inf * 0 would be NaN).
+    kept = torch.where(keep.unsqueeze(-1), states, 0.0)
+    return kept.sum(dim=1) / keep.sum(dim=1, keepdim=True).to(states.dtype)
 
 
 @dataclass
@@ -148,7 +159,11 @@ class ExtractorCounters:
 
 
 class Extractor:
-    """Runs texts through a causal LM and returns pooled activations at target layers."""
+    """Runs texts through a causal LM and returns pooled activations at target layers.
+
+    `batch_tokens` bounds padded length x texts per forward pass; 0 picks a budget for the
+    device (`CPU_BATCH_TOKENS` or `GPU_BATCH_TOKENS`).
+    """
 
     def __init__(
         self,
@@ -173,10 +188,12 @@ class Extractor:
         self.pooling = pooling
         self.sink_norm_ratio = sink_norm_ratio
         self.max_tokens = max_tokens
-        self.batch_tokens = batch_tokens
         self.batch_size = batch_size
         self.counters = ExtractorCounters()
         self.device = next(model.parameters()).device
+        if batch_tokens <= 0:
+            batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
+        self.batch_tokens = batch_tokens
 
     def tokenize(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
         """Token ids per text, cut to `max_tokens`, with whether it was cut."""
@@ -202,38 +219,89 @@ class Extractor:
             batches.append(current)
         return batches
 
+    def _pad(self, token_lists: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded `input_ids` and the mask of real tokens, `[batch, longest]`, on the host.
+
+        Always on the right, whatever the tokenizer's `padding_side`: in a causal model a real
+        token never attends to a later position, so right padding cannot change it, and the
+        forward pass needs no attention mask at all (see `_forward`).
+        """
+        longest = max(len(ids) for ids in token_lists)
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        input_ids = torch.full((len(token_lists), longest), int(pad_id), dtype=torch.long)
+        lengths = torch.tensor([len(ids) for ids in token_lists], dtype=torch.long)
+        for row, ids in enumerate(token_lists):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        real = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
+        return input_ids, real
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            # A pinned source lets the copy run asynchronously with the host's next step.
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            # The copy is queued on the current stream; wait for it before the host reads.
+            torch.cuda.current_stream(self.device).synchronize()
+            return host
+        return tensor.cpu()
+
     def _forward(self, token_lists: Sequence[list[int]]) -> torch.Tensor:
-        """Pooled `[batch, n_layers, hidden]` for one padded batch, on the host."""
-        padded = self.tokenizer.pad(
-            {"input_ids": list(token_lists)}, padding=True, return_tensors="pt"
-        )
-        input_ids = padded["input_ids"].to(self.device)
-        attention_mask = padded["attention_mask"].to(self.device)
+        """Pooled `[batch, n_layers, hidden]` for one padded batch, on the host.
+
+        No attention mask goes to the model: padding is on the right, so causal attention
+        alone keeps every real token from seeing it. Without a mask, SDPA runs its fused
+        causal kernel (`is_causal`) and transformers builds no 4-D mask. Padding is left out
+        where it matters, in pooling.
+        """
+        input_ids, real = self._pad(token_lists)
+        n_tokens = int(real.sum())
+        input_ids = self._to_device(input_ids)
+        real = self._to_device(real)
         with torch.inference_mode(), capture_blocks(self.blocks, self.layers) as captured:
             with contextlib.suppress(_StopForward):
-                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                self.model(input_ids=input_ids, use_cache=False)
             pooled = torch.stack(
                 [
-                    pool(captured[layer], attention_mask, self.pooling, self.sink_norm_ratio)
+                    pool(captured[layer], real, self.pooling, self.sink_norm_ratio)
                     for layer in self.layers
                 ],
                 dim=1,
             )
+            pooled = self._to_host(pooled)
         self.counters.batches += 1
         self.counters.sequences += len(token_lists)
-        self.counters.tokens += int(attention_mask.sum())
-        return pooled.cpu()
+        self.counters.tokens += n_tokens
+        return pooled
 
     def _run_batch(self, token_lists: Sequence[list[int]]) -> list[torch.Tensor | str]:
-        """Pooled activations per text; on CUDA out-of-memory, split the batch and retry."""
+        """Pooled activations per text; on CUDA out-of-memory, halve the budget and retry.
+
+        The lower budget stays for later batches (`extract` re-plans them), so one tight
+        fit costs one failed attempt, not one per batch. A single text that does not fit
+        gets an error string instead: it is quarantined, and the daemon carries on.
+        """
         try:
             return list(self._forward(token_lists))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
+            padded = max(len(ids) for ids in token_lists) * len(token_lists)
             if len(token_lists) == 1:
                 return [f"out of GPU memory on {len(token_lists[0])} tokens"]
+            self.batch_tokens = min(self.batch_tokens, max(1, padded // 2))
+            log.warning(
+                "out of GPU memory on a batch of %d texts (%d tokens); token budget now %d",
+                len(token_lists),
+                padded,
+                self.batch_tokens,
+            )
             half = len(token_lists) // 2
-            log.warning("out of GPU memory on a batch of %d; splitting", len(token_lists))
             return self._run_batch(token_lists[:half]) + self._run_batch(token_lists[half:])
 
     def extract(self, texts: Sequence[str], progress: Any | None = None) -> list[Extraction]:
@@ -247,10 +315,20 @@ class Extractor:
         for index in empty:
             results[index] = Extraction(None, 0, False, "the content has no tokens")
         runnable = [i for i, (ids, _) in enumerate(tokenized) if ids]
-        lengths = [len(tokenized[i][0]) for i in runnable]
-        for planned in self.plan_batches(lengths):
-            batch = [runnable[i] for i in planned]
+        planned_budget = self.batch_tokens
+        pending = deque(
+            [runnable[i] for i in planned]
+            for planned in self.plan_batches([len(tokenized[i][0]) for i in runnable])
+        )
+        while pending:
+            batch = pending.popleft()
             outputs = self._run_batch([tokenized[i][0] for i in batch])
+            if self.batch_tokens != planned_budget:
+                # Out of memory lowered the budget: re-plan what is left under it.
+                rest = [index for waiting in pending for index in waiting]
+                replanned = self.plan_batches([len(tokenized[i][0]) for i in rest])
+                pending = deque([rest[j] for j in planned] for planned in replanned)
+                planned_budget = self.batch_tokens
             for index, output in zip(batch, outputs, strict=True):
                 ids, truncated = tokenized[index]
                 self.counters.truncated += int(truncated)

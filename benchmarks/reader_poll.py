@@ -40,8 +40,12 @@ def main() -> None:
     for layer in layers:
         rows = rng.normal(size=(14, 576))
         vectors[layer] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    manifest = {"concepts": [f"c{i}" for i in range(14)], "layers": layers, "hidden_size": 576,
-                "generation": 1}
+    manifest = {
+        "concepts": [f"c{i}" for i in range(14)],
+        "layers": layers,
+        "hidden_size": 576,
+        "generation": 1,
+    }
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "vectors.safetensors"
         path.write_bytes(serialize(Release(vectors, manifest), "float32")[0])
