@@ -95,8 +95,8 @@ class ModelConfig:
     """How a node's token activations become one vector per layer."""
     sink_norm_ratio: float = field(default=10.0, metadata=_min(1.0))
     """Mean pooling leaves out tokens whose norm exceeds this times the median norm."""
-    batch_tokens: int = field(default=4096, metadata=_min(16))
-    """Token budget of one batch (padded length x batch size)."""
+    batch_tokens: int = field(default=0, metadata=_min(0))
+    """Token budget of one batch (padded length x batch size); 0: 1024 on CPU, 4096 on GPU."""
     batch_size: int = field(default=64, metadata=_min(1))
     """Upper bound on texts per batch, next to the token budget."""
     threads: int = field(default=0, metadata=_min(0))
