@@ -196,14 +196,13 @@ def load_checkpoint(
                 return None
             fold = Accumulators(shape, labels, int(meta["ledger_seq"]))
             fold.total = Welford(int(data["total_count"]), data["total_mean"], data["total_m2"])
+            # Each `data[key]` reads and decompresses the member again: read each one once.
+            pos_count, pos_mean, pos_m2 = data["pos_count"], data["pos_mean"], data["pos_m2"]
+            exc_count, exc_mean, exc_m2 = data["exc_count"], data["exc_mean"], data["exc_m2"]
             for i, name in enumerate(meta["concepts"]):
                 fold.known.add(name)
-                fold.positive[name] = Welford(
-                    int(data["pos_count"][i]), data["pos_mean"][i].copy(), data["pos_m2"][i].copy()
-                )
-                fold.excluded[name] = Welford(
-                    int(data["exc_count"][i]), data["exc_mean"][i].copy(), data["exc_m2"][i].copy()
-                )
+                fold.positive[name] = Welford(int(pos_count[i]), pos_mean[i], pos_m2[i])
+                fold.excluded[name] = Welford(int(exc_count[i]), exc_mean[i], exc_m2[i])
             return fold
     except (OSError, KeyError, ValueError, json.JSONDecodeError):
         return None
