@@ -262,19 +262,28 @@ def cross_validate(
         names = [name for name, fit in fits.items() if fit is not None]
         if not names:
             continue
-        # All concepts at once per entry: one [concepts, layers, hidden] contraction.
         units = np.stack([fits[name][0] for name in names])  # type: ignore[index]
         midpoints = np.stack([fits[name][1] for name in names])  # type: ignore[index]
-        for entry in store.sample_live_entries(ids):
+        entries = list(store.sample_live_entries(ids))
+        if not entries:
+            continue
+        # All concepts and all of the bucket's entries at once: one matrix product per layer.
+        stacked = np.stack([entry.activations.astype(np.float64) for entry in entries])
+        all_scores = (
+            np.stack(
+                [units[:, layer, :] @ stacked[:, layer, :].T for layer in range(units.shape[1])],
+                axis=-1,
+            )
+            - midpoints[:, None, :]
+        )  # [concepts, entries, layers]
+        for column, entry in enumerate(entries):
             labels = label_node(entry.tags, entry.content, fold.known, fold.labels)
-            scores = np.einsum("clh,lh->cl", units, entry.activations.astype(np.float64))
-            scores -= midpoints
             for row, name in enumerate(names):
                 # Positive first, as the calibration sample does.
                 if name in labels.positive:
-                    collected[name][0].append(scores[row])
+                    collected[name][0].append(all_scores[row, column])
                 elif name not in labels.excluded_from_negatives:
-                    collected[name][1].append(scores[row])
+                    collected[name][1].append(all_scores[row, column])
     width = fold.shape[0]
     return {
         name: Scores(_stack(pos, width), _stack(neg, width))
