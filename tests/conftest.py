@@ -115,3 +115,12 @@ def config_toml(config_table: dict[str, Any]) -> str:
 @pytest.fixture
 def graph_path(tmp_path: Path) -> Iterator[Path]:
     yield write_jsonl(tmp_path / "graph.jsonl", sample_nodes())
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Any]]:
+    """Daemon subprocesses a test started (tests/test_daemon.py's DaemonProcess); killed after."""
+    started: list[Any] = []
+    yield started
+    for daemon in started:
+        daemon.kill()

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +128,6 @@ def next_event(client: ClientConnection, name: str, timeout: float = 60) -> dict
         message = json.loads(client.recv(timeout=max(0.1, deadline - time.monotonic())))
         if message.get("event") == name:
             return message
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def test_watch_apply_retract_and_events(

@@ -112,14 +112,6 @@ def server(tmp_path: Path) -> Iterator[MemoryServer]:
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-@pytest.fixture
 def sources() -> Iterator[list[McpSource]]:
     opened: list[McpSource] = []
     yield opened
