@@ -130,7 +130,8 @@ class EventServer:
             async for raw in connection:
                 await connection.send(json.dumps(await self._answer(raw)))
         except ConnectionClosed:
-            pass
+            # The client went away mid-request: nothing is left to answer.
+            return
         finally:
             self.hub.unregister(connection)
             pump.cancel()
