@@ -113,6 +113,10 @@ class Shape:
         return float(blocks * per_block + head)
 
 
+def budget_label(resolved: int, asked: int) -> str:
+    return str(resolved) if asked else f"auto {resolved}"
+
+
 def plain_forward(
     model: Any,
     tokenizer: Any,
@@ -158,7 +162,11 @@ def main() -> None:
     parser.add_argument("--depths", type=float, nargs="+", default=[0.5, 0.8])
     parser.add_argument("--plain-batch-size", type=int, default=4)
     parser.add_argument(
-        "--batch-tokens", type=int, nargs="+", default=[4096], help="extractor budgets to run"
+        "--batch-tokens",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="extractor token budgets to run (0: the device's default, as model.batch_tokens = 0)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="extractor's most texts/batch")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions")
@@ -194,6 +202,10 @@ def main() -> None:
     for layer in layers:
         Extractor(model, tokenizer, [layer], batch_tokens=args.batch_tokens[0]).extract(texts[:8])
 
+    labels = [
+        budget_label(Extractor(model, tokenizer, layers, batch_tokens=asked).batch_tokens, asked)
+        for asked in args.batch_tokens
+    ]
     runs: dict[str, list[dict[str, float]]] = {}
     lengths: list[int] = []
     for round_number in range(1, args.rounds + 1):
@@ -220,13 +232,14 @@ def main() -> None:
                 with clock.running():
                     extractor.extract(texts)
                     cuda_sync(args.device)
-                key = f"extractor@{depth:g}/{budget}"
+                key = f"extractor@{depth:g}/{budget_label(extractor.batch_tokens, budget)}"
                 runs.setdefault(key, []).append(
                     {"wall": clock.wall, "cpu": clock.cpu, "tokens": extractor.counters.tokens}
                 )
                 print(
                     f"round {round_number}: extractor, block {layer} ({depth:.0%}), "
-                    f"budget {budget}: {extractor.counters.tokens / clock.wall:9.1f} tok/s",
+                    f"budget {budget_label(extractor.batch_tokens, budget)}: "
+                    f"{extractor.counters.tokens / clock.wall:9.1f} tok/s",
                     flush=True,
                 )
 
@@ -268,15 +281,15 @@ def main() -> None:
 
     line("plain forward (full depth + LM)", plain, 1.0)
     for depth, layer in depth_layers.items():
-        for budget in args.batch_tokens:
-            key = f"extractor@{depth:g}/{budget}"
+        for label in labels:
+            key = f"extractor@{depth:g}/{label}"
             figures = rate(key)
             figures["flops"] = shape.flops(lengths, layer + 1, lm_head=False)
             figures["layer"] = layer
             figures["speedup"] = figures["tokens_per_s"] / plain["tokens_per_s"]
             results[key] = figures
-            line(f"extractor block {layer} ({depth:.0%}), {budget}", figures, figures["speedup"])
-    goal_key = f"extractor@{args.depths[0]:g}/{args.batch_tokens[0]}"
+            line(f"extractor block {layer} ({depth:.0%}), {label}", figures, figures["speedup"])
+    goal_key = f"extractor@{args.depths[0]:g}/{labels[0]}"
     print(f"goal: >= 1.5x the plain forward at 50% depth: {results[goal_key]['speedup']:.2f}x")
     write_result(
         "extraction_throughput"
