@@ -109,8 +109,12 @@ class VectorsConfig:
     """mean_diff: CAA difference of means; diag_lda: divided by pooled per-dimension variance."""
     dtype: str = field(default="float32", metadata=_choices("float32", "float16", "bfloat16"))
     """dtype of the published tensors."""
-    calibration_sample: int = field(default=2000, metadata=_min(10))
-    """Most positives and negatives per concept projected for the calibration std."""
+    evaluation_sample: int = field(default=2000, metadata=_min(10))
+    """Nodes sampled (lowest sha256 of id first) for calibration std and held-out AUROC."""
+    evaluate_every: float = field(default=600.0, metadata=_min(0.0))
+    """Seconds a publish may reuse the last sampled evaluation; 0: evaluate at every publish."""
+    evaluate_after_changes: float = field(default=0.1, metadata=_min(0.0))
+    """Evaluate again once the ledger moved by this share of the eligible nodes."""
 
 
 @dataclass

@@ -403,7 +403,14 @@ class Engine:
         generation = max(generations(self.published), default=0) + 1
         log.info("publishing generation %d (ledger seq %d)", generation, self.fold.ledger_seq)
         release = build_release(
-            self.fold, self.ledger, self.config, self.model_info, self.published, generation
+            self.fold,
+            self.ledger,
+            self.config,
+            self.model_info,
+            self.published,
+            generation,
+            previous=manifest,
+            force_evaluation=force,
         )
         publish = self.config.publish
         written = write_generation(

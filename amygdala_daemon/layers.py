@@ -20,11 +20,11 @@ from amygdala_daemon.accumulators import Accumulators
 from amygdala_daemon.concepts import select_concepts
 from amygdala_daemon.config import ConceptsConfig, Config, LabelsConfig
 from amygdala_daemon.errors import AmygdalaError
+from amygdala_daemon.evaluation import cross_validate
 from amygdala_daemon.labels import is_eligible
 from amygdala_daemon.ledger import Entry
 from amygdala_daemon.quality import (
     HELD_OUT_SCHEME,
-    cross_validate,
     finite_or_none,
     nan_mean,
     recommend_layers,
@@ -131,7 +131,7 @@ def score_layers(
     counts = {c.name: (c.n_pos, c.n_neg) for c in fold.counts()}
     selection = select_concepts(counts, [], concepts_config)
     concepts = sorted(selection.rows)
-    scores = cross_validate(fold, MemoryEntries(entries), concepts, method, limit=len(entries))
+    scores = cross_validate(fold, MemoryEntries(entries), concepts, method, len(entries))
     table = {
         name: [scores[name].auroc(i) if name in scores else math.nan for i in range(len(layers))]
         for name in concepts

@@ -1,38 +1,23 @@
-"""Are the vectors any good? Held-out separation, cross-talk and layer ranking: pure numpy.
+"""Are the vectors any good? Separation, cross-talk and layer ranking: pure numpy.
 
-Every node is scored by a direction fit without it: nodes fall into `N_FOLDS` buckets by
-sha256 of their id, and bucket k is projected onto the direction fit on the fold's statistics
-minus bucket k (Chan's subtraction, so no refit over the other buckets is needed). Scores are
-centered on the training midpoint between the class means, so scores from different buckets
-share one scale and can be pooled into one AUROC per concept and layer.
-
-Nothing here opens a file: entries come through `EntryStore`, which `Ledger` satisfies.
+The metrics over held-out scores live here; `evaluation` produces those scores from stored
+activations (a node scored on a direction fit without its bucket).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from amygdala_daemon.labels import is_eligible, label_node
-from amygdala_daemon.stats import Welford
-from amygdala_daemon.vectors import direction
-
-if TYPE_CHECKING:
-    from amygdala_daemon.accumulators import Accumulators
-    from amygdala_daemon.ledger import Entry
-
 Array = npt.NDArray[np.float64]
 
 N_FOLDS = 5
-# Most nodes scored per evaluation: bounds the two ledger reads a publish pays for.
-SCORED_LIMIT = 5000
 HELD_OUT_SCHEME = f"{N_FOLDS}-fold: bucket = sha256(node id) mod {N_FOLDS}"
 
 
@@ -180,15 +165,7 @@ def finite_or_none(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
-# -- held-out scoring over stored entries ---------------------------------------------------
-
-
-class EntryStore(Protocol):
-    """Where stored activations come from (the ledger, or a sample held in memory)."""
-
-    def live_labels(self) -> Iterator[tuple[str, dict[str, float], str]]: ...
-
-    def sample_live_entries(self, node_ids: list[str]) -> Iterator[Entry]: ...
+# -- held-out scores ------------------------------------------------------------------------
 
 
 @dataclass
@@ -203,110 +180,6 @@ class Scores:
 
     def cohens_d(self, layer_index: int) -> float:
         return cohens_d(self.positive[:, layer_index], self.negative[:, layer_index])
-
-
-@dataclass
-class _Bucket:
-    """The statistics of one bucket, labelled exactly as the fold labels them."""
-
-    total: Welford
-    positive: dict[str, Welford] = field(default_factory=dict)
-    excluded: dict[str, Welford] = field(default_factory=dict)
-
-
-def scored_nodes(
-    store: EntryStore, fold: Accumulators, limit: int = SCORED_LIMIT
-) -> dict[int, list[str]]:
-    """Eligible node ids per bucket, at most `limit` in all, chosen by hash (deterministic)."""
-    keyed = sorted(
-        (hashlib.sha256(node_id.encode()).hexdigest(), node_id)
-        for node_id, tags, content in store.live_labels()
-        if is_eligible(tags, content, fold.labels)
-    )
-    buckets: dict[int, list[str]] = {k: [] for k in range(N_FOLDS)}
-    for key, node_id in keyed[:limit]:
-        buckets[int(key, 16) % N_FOLDS].append(node_id)
-    return buckets
-
-
-def cross_validate(
-    fold: Accumulators,
-    store: EntryStore,
-    concepts: Sequence[str],
-    method: str,
-    limit: int = SCORED_LIMIT,
-) -> dict[str, Scores]:
-    """Held-out scores per concept: each bucket projected on a direction fit without it.
-
-    `fold` must be the fold of exactly the entries `store` holds; a concept the fold does not
-    track (or with an empty class once a bucket is left out) gets no scores from that bucket.
-    """
-    wanted = [name for name in concepts if name in fold.positive]
-    collected: dict[str, tuple[list[Array], list[Array]]] = {n: ([], []) for n in wanted}
-    for ids in scored_nodes(store, fold, limit).values():
-        if not ids:
-            continue
-        bucket = _Bucket(Welford.empty(fold.shape))
-        for name in wanted:
-            bucket.positive[name] = Welford.empty(fold.shape)
-            bucket.excluded[name] = Welford.empty(fold.shape)
-        for entry in store.sample_live_entries(ids):
-            labels = label_node(entry.tags, entry.content, fold.known, fold.labels)
-            bucket.total.add(entry.activations)
-            for name in wanted:
-                if name in labels.positive:
-                    bucket.positive[name].add(entry.activations)
-                if name in labels.excluded_from_negatives:
-                    bucket.excluded[name].add(entry.activations)
-        fits = {name: _fit_without(fold, bucket, name, method) for name in wanted}
-        names = [name for name, fit in fits.items() if fit is not None]
-        if not names:
-            continue
-        units = np.stack([fits[name][0] for name in names])  # type: ignore[index]
-        midpoints = np.stack([fits[name][1] for name in names])  # type: ignore[index]
-        entries = list(store.sample_live_entries(ids))
-        if not entries:
-            continue
-        # All concepts and all of the bucket's entries at once: one matrix product per layer.
-        stacked = np.stack([entry.activations.astype(np.float64) for entry in entries])
-        all_scores = (
-            np.stack(
-                [units[:, layer, :] @ stacked[:, layer, :].T for layer in range(units.shape[1])],
-                axis=-1,
-            )
-            - midpoints[:, None, :]
-        )  # [concepts, entries, layers]
-        for column, entry in enumerate(entries):
-            labels = label_node(entry.tags, entry.content, fold.known, fold.labels)
-            for row, name in enumerate(names):
-                # Positive first, as the calibration sample does.
-                if name in labels.positive:
-                    collected[name][0].append(all_scores[row, column])
-                elif name not in labels.excluded_from_negatives:
-                    collected[name][1].append(all_scores[row, column])
-    width = fold.shape[0]
-    return {
-        name: Scores(_stack(pos, width), _stack(neg, width))
-        for name, (pos, neg) in collected.items()
-    }
-
-
-def _fit_without(
-    fold: Accumulators, bucket: _Bucket, name: str, method: str
-) -> tuple[Array, Array] | None:
-    """Unit direction `[n_layers, hidden]` and midpoint projection `[n_layers]`, or None."""
-    train_pos = fold.positive[name].subtract(bucket.positive[name])
-    held_neg = bucket.total.subtract(bucket.excluded[name])
-    train_neg = fold.negatives(name).subtract(held_neg)
-    if train_pos.count == 0 or train_neg.count == 0:
-        return None
-    unit = direction(train_pos, train_neg, method)
-    midpoint = np.einsum("lh,lh->l", (train_pos.mean + train_neg.mean) / 2.0, unit)
-    return unit, midpoint
-
-
-def _stack(rows: list[Array], width: int) -> Array:
-    return np.stack(rows) if rows else np.zeros((0, width), np.float64)
 
 
 def quality_summary(
@@ -326,15 +199,3 @@ def quality_summary(
             for i, layer in enumerate(layers)
         }
     return {"held_out": HELD_OUT_SCHEME, "auroc": auroc_table, "cohens_d": d_table}
-
-
-def manifest_quality(
-    fold: Accumulators,
-    store: EntryStore,
-    concepts: Sequence[str],
-    layers: Sequence[int],
-    method: str,
-) -> dict[str, Any]:
-    """What a publish records so a consumer can hide weak concepts."""
-    scores = cross_validate(fold, store, concepts, method)
-    return quality_summary(scores, concepts, layers)

@@ -17,6 +17,7 @@ import numpy as np
 from amygdala_daemon.config import Config
 from amygdala_daemon.engine import LEDGER_NAME, recover_fold, stored_model_info
 from amygdala_daemon.errors import AmygdalaError
+from amygdala_daemon.evaluation import cross_validate
 from amygdala_daemon.labels import is_eligible, label_node
 from amygdala_daemon.ledger import Ledger
 from amygdala_daemon.publisher import (
@@ -33,7 +34,6 @@ from amygdala_daemon.quality import (
     Scores,
     cooccurrence,
     cosine_matrix,
-    cross_validate,
     finite_or_none,
     flag_pairs,
     nan_mean,
@@ -131,7 +131,7 @@ def build_report(config: Config, crosstalk_threshold: float = 0.5) -> QualityRep
                 f"has {layers}; publish again (`amygdala-daemon publish --force`)"
             )
         fold = recover_fold(ledger, config, (len(info.layers), info.hidden_size))
-        scores = cross_validate(fold, ledger, concepts, method)
+        scores = cross_validate(fold, ledger, concepts, method, config.vectors.evaluation_sample)
         positives: dict[str, set[str]] = {name: set() for name in concepts}
         for node_id, tags, content in ledger.live_labels():
             if is_eligible(tags, content, fold.labels):

@@ -292,7 +292,7 @@ Rows = dict[str, list[npt.NDArray[np.float32]]]
 
 
 def _fold_emotion(
-    rows: Rows, layers: list[int], method: str, calibration_sample: int
+    rows: Rows, layers: list[int], method: str, evaluation_sample: int
 ) -> tuple[npt.NDArray[np.float64], dict[str, int], dict[str, dict[str, float]]]:
     """Unit direction, counts and calibration of one emotion, as the daemon computes them."""
     from amygdala_daemon.vectors import calibrate, direction
@@ -305,7 +305,7 @@ def _fold_emotion(
     # Means are exact; the spread needs the projections themselves, on a bounded sample.
     spread = {}
     for polarity in POLARITIES:
-        sample = np.stack(rows[polarity][:calibration_sample]).astype(np.float64)
+        sample = np.stack(rows[polarity][:evaluation_sample]).astype(np.float64)
         projections = np.einsum("nlh,lh->nl", sample, unit)
         spread[polarity] = (
             projections.std(axis=0, ddof=1) if len(sample) > 1 else np.zeros(len(layers))
@@ -411,7 +411,7 @@ def train(
             skipped[name] = f"{reason} left after failed extractions"
             continue
         units[name], counts[name], calibration[name] = _fold_emotion(
-            rows, layers, config.vectors.method, config.vectors.calibration_sample
+            rows, layers, config.vectors.method, config.vectors.evaluation_sample
         )
     concepts = list(units)
     if not concepts:

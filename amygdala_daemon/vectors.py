@@ -21,11 +21,20 @@ VARIANCE_FLOOR = 1e-6
 
 def direction(positive: Welford, negative: Welford, method: str) -> Array:
     """Unit direction per layer, `[n_layers, hidden]`, float64."""
-    difference = positive.mean - negative.mean
+    pooled = None
     if method == "diag_lda":
         dof = max(positive.count + negative.count - 2, 1)
         pooled = (positive.m2 + negative.m2) / dof
-        difference = difference / (pooled + VARIANCE_FLOOR)
+    return unit_difference(positive.mean - negative.mean, pooled)
+
+
+def unit_difference(difference: Array, pooled_variance: Array | None = None) -> Array:
+    """`difference` unit-normalized along its last axis, any leading shape.
+
+    With `pooled_variance` (diag_lda), each dimension is divided by it first.
+    """
+    if pooled_variance is not None:
+        difference = difference / (pooled_variance + VARIANCE_FLOOR)
     norms = np.linalg.norm(difference, axis=-1, keepdims=True)
     # A zero difference has no direction; leave it zero rather than divide by zero.
     unit: Array = np.divide(difference, norms, out=np.zeros_like(difference), where=norms > 0)
@@ -60,7 +69,7 @@ def calibrate(
     """Projection statistics on one layer's unit direction `[hidden]`.
 
     Means are exact: the projection of the mean is the mean of the projections. The standard
-    deviations are measured on sampled activations (see `calibration.projection_spread`).
+    deviations are measured on sampled activations (see `evaluation.evaluate`).
     """
     return Calibration(
         pos_mean=float(np.dot(positive_mean, unit)),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from amygdala_daemon.accumulators import Accumulators, refold
-from amygdala_daemon.calibration import projection_spread
 from amygdala_daemon.config import ConceptsConfig, LabelsConfig
+from amygdala_daemon.evaluation import cross_validate, evaluate
 from amygdala_daemon.layers import MemoryEntries, score_layers
 from amygdala_daemon.ledger import Entry, Ledger, StoreEntry, Write
 from amygdala_daemon.quality import (
@@ -19,7 +19,6 @@ from amygdala_daemon.quality import (
     cohens_d,
     cooccurrence,
     cosine_matrix,
-    cross_validate,
     flag_pairs,
     held_out_bucket,
     quality_summary,
@@ -90,7 +89,7 @@ def test_cross_validate_equals_refitting_without_each_bucket() -> None:
     """Chan's subtraction gives the same held-out scores as a plain refit per bucket."""
     entries, _ = planted_entries(90, 2, 8, planted_layer=1, strength=3.0)
     fold = fold_of(entries, (2, 8))
-    scores = cross_validate(fold, MemoryEntries(entries), ["joy"], "mean_diff")["joy"]
+    scores = cross_validate(fold, MemoryEntries(entries), ["joy"], "mean_diff", 90)["joy"]
     expected_pos, expected_neg = [], []
     for bucket in range(5):
         train = [e for e in entries if held_out_bucket(e.node_id) != bucket]
@@ -118,7 +117,7 @@ def test_cross_validate_equals_refitting_without_each_bucket() -> None:
 def test_planted_direction_separates_only_where_planted() -> None:
     entries, _ = planted_entries(300, 3, 16, planted_layer=1, strength=4.0)
     fold = fold_of(entries, (3, 16))
-    scores = cross_validate(fold, MemoryEntries(entries), ["joy", "calm"], "mean_diff")
+    scores = cross_validate(fold, MemoryEntries(entries), ["joy", "calm"], "mean_diff", 300)
     joy = scores["joy"]
     assert joy.positive.shape[0] == 100 and joy.negative.shape[0] == 200
     assert joy.auroc(1) > 0.97
@@ -161,7 +160,8 @@ def test_calibration_recovers_the_planted_projection_statistics(tmp_path: Path) 
     ]
     ledger.apply(writes)
     fold = refold(ledger, (1, hidden), LABELS)
-    pos_std, neg_std = projection_spread(ledger, fold, ["joy"], unit[None, None, :], limit=5000)
+    measured = evaluate(fold, ledger, ["joy"], "mean_diff", 5000, unit[None, None, :])
+    pos_std, neg_std = measured.pos_std, measured.neg_std
     calibration = calibrate(
         unit,
         fold.positive["joy"].mean[0],
