@@ -124,7 +124,7 @@ def _integer(flag: str, value: str, minimum: int) -> int:
 
 
 def cmd_extract_pairs(args: argparse.Namespace) -> int:
-    from amygdala_daemon.seed import extract_pairs
+    from amygdala_daemon.pairs import extract_pairs
 
     config = config_from_args(args)
     # Each flag left out keeps the config's [labels] value.

@@ -19,7 +19,8 @@ from safetensors import safe_open
 from amygdala_daemon.config import Config, LabelsConfig, SourceConfig
 from amygdala_daemon.engine import Engine
 from amygdala_daemon.errors import InputError
-from amygdala_daemon.seed import extract_pairs, read_training_dir, train
+from amygdala_daemon.pairs import extract_pairs, read_training_dir
+from amygdala_daemon.seed import train
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.tags import parse_text
 from tests.conftest import make_config, sample_nodes, write_jsonl
