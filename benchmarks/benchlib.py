@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -179,6 +180,20 @@ def link_model_cache(state_dir: Path, cache: Path) -> None:
     link = models / SMOLLM2_ALIAS
     if not link.exists():
         link.symlink_to(cache)
+
+
+def daemon_workspace(work: Path, name: str) -> tuple[Path, Path, Path]:
+    """A fresh `work/name` with a state directory that reuses the converted model, and a
+    copy of the bundled graph: returns (directory, state dir, graph path)."""
+    cache = smollm2_cache(work)
+    directory = work / name
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    state = directory / "state"
+    link_model_cache(state, cache)
+    graph = directory / "graph.jsonl"
+    graph.write_text("".join(json.dumps(node) + "\n" for node in bundled_nodes()))
+    return directory, state, graph
 
 
 def bundled_nodes() -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,11 @@ from typing import Any
 from benchlib import (
     DEFAULT_WORK,
     Daemon,
-    bundled_nodes,
-    link_model_cache,
+    daemon_workspace,
     percentile,
     receive_until,
     request,
     set_threads,
-    smollm2_cache,
     write_result,
 )
 
@@ -58,16 +55,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     threads = set_threads(args.threads)
-    cache = smollm2_cache(args.work)
+    work, state, graph = daemon_workspace(args.work, "freshness")
     from websockets.sync.client import connect
 
-    work = args.work / "freshness"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    state = work / "state"
-    link_model_cache(state, cache)
-    graph = work / "graph.jsonl"
-    graph.write_text("".join(json.dumps(node) + "\n" for node in bundled_nodes()))
     table: dict[str, Any] = {
         "state_dir": str(state),
         "source": {"kind": "jsonl", "path": str(graph)},

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import time
@@ -28,15 +27,13 @@ from benchlib import (
     REPO,
     Daemon,
     MemoryWatch,
-    bundled_nodes,
     children_max_rss_kib,
     cli,
-    link_model_cache,
+    daemon_workspace,
     read_status_kib,
     receive_until,
     request,
     set_threads,
-    smollm2_cache,
     toml_text,
     write_result,
 )
@@ -53,16 +50,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory")
     args = parser.parse_args()
     threads = set_threads(args.threads)
-    cache = smollm2_cache(args.work)
+    work, state, graph = daemon_workspace(args.work, "memory")
     from websockets.sync.client import connect
 
-    work = args.work / "memory"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    state = work / "state"
-    link_model_cache(state, cache)
-    graph = work / "graph.jsonl"
-    graph.write_text("".join(json.dumps(node) + "\n" for node in bundled_nodes()))
     table: dict[str, Any] = {
         "state_dir": str(state),
         "source": {"kind": "jsonl", "path": str(graph)},
@@ -137,7 +127,8 @@ def main() -> None:
         f"{mib(warm['vmrss_max_kib'])}; peak since start (VmHWM) {mib(warm['vmhwm_kib'])}; "
         f"{forward} text(s) through the model in all"
     )
-    print(f"  model weights on disk (float32 safetensors): {mib(_weights_kib(cache))}")
+    weights = _weights_kib(state / "models" / "smollm2-135m")
+    print(f"  model weights on disk (float32 safetensors): {mib(weights)}")
     write_result("memory", {"threads": threads, "rebuild": rebuild, "daemon_idle": idle})
 
 
