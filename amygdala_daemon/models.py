@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,26 @@ def _smollm2_revision() -> str:
     return f"{SMOLLM2_DISTRIBUTION}=={version}:{SMOLLM2_GGUF}"
 
 
+@contextlib.contextmanager
+def _quiet_gguf_progress() -> Iterator[None]:
+    """No GGUF progress bar when stderr is not a terminal (a log, a journal, CI).
+
+    transformers' GGUF reader calls `tqdm` directly, so its progress-bar switch does not
+    reach it; the reader's own `tqdm` name is swapped for the call's duration.
+    """
+    if sys.stderr.isatty():
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    original = getattr(gguf, "tqdm")  # noqa: B009 (not exported, so not typed)
+    setattr(gguf, "tqdm", functools.partial(original, disable=True))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(gguf, "tqdm", original)  # noqa: B010
+
+
 def convert_smollm2(cache_dir: Path) -> Path:
     """De-quantize the bundled GGUF once and keep a safetensors copy in `cache_dir`.
 
@@ -82,10 +105,11 @@ def convert_smollm2(cache_dir: Path) -> Path:
 
     source = _smollm2_directory()
     log.info("converting %s to safetensors in %s (first use only)", SMOLLM2_GGUF, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
-    )
+    with _quiet_gguf_progress():
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        )
     # The weights are plain float32 now; without the GGUF quantizer attached,
     # transformers agrees to save them.
     if hasattr(model.config, "quantization_config"):

