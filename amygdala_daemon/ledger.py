@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,10 @@ class Ledger:
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
+        # The writer's {node id: hash}, kept in step by `apply` and `reset`, so a poll does
+        # not read every node row again. A reader cannot keep one: the writer moves on.
+        self._known: dict[str, str] | None = None
+        self._keeps_known = not readonly
         if readonly:
             if not path.exists():
                 raise AmygdalaError(f"no ledger at {path}: nothing has been ingested yet")
@@ -171,8 +176,14 @@ class Ledger:
 
     # -- reads ------------------------------------------------------------------------
 
-    def known_hashes(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT id, hash FROM nodes").fetchall())
+    def known_hashes(self) -> Mapping[str, str]:
+        """Every node's hash, `{node id: hash}`; read-only."""
+        if self._known is None:
+            known = dict(self.conn.execute("SELECT id, hash FROM nodes").fetchall())
+            if not self._keeps_known:
+                return known
+            self._known = known
+        return MappingProxyType(self._known)
 
     def status_counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT status, count(*) FROM nodes GROUP BY status")
@@ -243,6 +254,7 @@ class Ledger:
     def apply(self, writes: list[Write]) -> list[Change]:
         """Apply writes in one transaction; return the fold steps they caused, in order."""
         changes: list[Change] = []
+        hashes: dict[str, str | None] = {}
         seq = self.seq
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -260,6 +272,7 @@ class Ledger:
                     changes.append(Change(seq, -1, _entry(live)))
                 if isinstance(write, DeleteNode):
                     self.conn.execute("DELETE FROM nodes WHERE id = ?", (write.node_id,))
+                    hashes[write.node_id] = None
                     continue
                 if isinstance(write, StoreEntry):
                     seq += 1
@@ -280,11 +293,19 @@ class Ledger:
                         seq,
                     ),
                 )
+                hashes[write.node_id] = write.hash
             self.set_meta("seq", str(seq))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
+            self._known = None  # whatever was written is undone: read it again when asked
             raise
+        if self._known is not None:
+            for node_id, node_hash in hashes.items():
+                if node_hash is None:
+                    self._known.pop(node_id, None)
+                else:
+                    self._known[node_id] = node_hash
         return changes
 
     def _insert_entry(self, write: StoreEntry, seq: int) -> Entry:
@@ -315,6 +336,7 @@ class Ledger:
 
     def reset(self) -> None:
         """Forget every node and entry (for `rebuild`); the sequence keeps counting up."""
+        self._known = None
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute("DELETE FROM entries")
         self.conn.execute("DELETE FROM nodes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ def status_report(config: Config, source_state: SourceState | None = None) -> di
         "source_error": None,
     }
     ledger_path = state / LEDGER_NAME
-    known: dict[str, str] = {}
+    known: Mapping[str, str] = {}
     if ledger_path.exists():
         ledger = Ledger(ledger_path, readonly=True)
         try:

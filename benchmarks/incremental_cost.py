@@ -10,8 +10,9 @@ would. Then, at each size, repeated trials time:
 - 10 edits of existing nodes (each a retraction and an add), the same way;
 - a checkpoint after them (`save_checkpoint` + `forget_retracted`, as `Engine.checkpoint`);
 - one node with a tag never seen before (the fold seeds the new concept from the ledger);
-- a poll with nothing new: reading a JSONL graph of that size, and the diff against the
-  ledger's hashes (what the daemon pays every `poll_interval`).
+- a poll (what the daemon pays every `poll_interval`): reading a JSONL graph of that size
+  and diffing it against the ledger's hashes, three ways: in a fresh process (the file is
+  parsed whole), with nothing new since the last poll, and with 10 nodes appended since it.
 
 No model is involved.
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import shutil
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -213,11 +215,16 @@ def main() -> None:
                 count += len(chunk)
         fold, refold_s = timed(refold, ledger, SHAPE, labels)
         _, checkpoint_full_s = timed(save_checkpoint, fold, checkpoint)
+        # A poll: read the graph, then diff it against the ledger's hashes. First in a fresh
+        # process (the whole file is parsed), then again with nothing new (a warm source).
         source = JsonlSource(graph)
         snapshot, snapshot_s = timed(source.snapshot)
         known, known_s = timed(ledger.known_hashes)
         changes, diff_s = timed(diff, snapshot, known)
         assert len(changes) == 0, f"the synthetic graph and the ledger disagree: {len(changes)}"
+        time.sleep(0.2)  # past the file clock's tick, as between two polls
+        warm, warm_snapshot_s = timed(source.snapshot)
+        _, warm_diff_s = timed(diff, warm, known)
 
         rows: dict[str, list[float]] = {
             "new_ledger": [],
@@ -249,6 +256,19 @@ def main() -> None:
                 ledger_s, fold_s = apply_and_fold([synthetic.write(fresh_id(), novel)], fold)
                 rows["new_concept_total"].append(ledger_s + fold_s)
         count += args.trials * args.new_nodes + min(args.trials, 3)
+        # A poll after 10 nodes were appended to the graph, the source warm from the last.
+        source.snapshot()
+        with graph.open("a") as handle:
+            for _ in range(args.new_nodes):
+                _, text = synthetic.write(fresh_id())
+                handle.write(json.dumps({"id": f"appended-{next_id}", "text": text}) + "\n")
+        appended, appended_snapshot_s = timed(source.snapshot)
+        known, appended_known_s = timed(ledger.known_hashes)
+        changes, appended_diff_s = timed(diff, appended, known)
+        assert len(changes.upserts) == args.new_nodes, len(changes)
+        # Put the ledger in step with the graph again, for the next size.
+        lines = graph.read_text().splitlines()
+        graph.write_text("".join(f"{text}\n" for text in lines[: -args.new_nodes]))
         figures: dict[str, Any] = {name: summary(values) for name, values in rows.items()}
         figures.update(
             {
@@ -263,6 +283,11 @@ def main() -> None:
                 "poll_snapshot_s": snapshot_s,
                 "poll_known_hashes_s": known_s,
                 "poll_diff_s": diff_s,
+                "warm_poll_snapshot_s": warm_snapshot_s,
+                "warm_poll_diff_s": warm_diff_s,
+                "appended_poll_snapshot_s": appended_snapshot_s,
+                "appended_poll_known_hashes_s": appended_known_s,
+                "appended_poll_diff_s": appended_diff_s,
                 "concepts": len(fold.concepts),
             }
         )
@@ -274,7 +299,9 @@ def main() -> None:
             f"10 edits {ms(figures['edit_total']['median'])}, "
             f"checkpoint {ms(figures['checkpoint']['median'])}, "
             f"new concept {ms(figures['new_concept_total']['median'])}; "
-            f"poll with nothing new {ms(snapshot_s + known_s + diff_s)}; "
+            f"poll: fresh process {ms(snapshot_s + known_s + diff_s)}, "
+            f"nothing new {ms(warm_snapshot_s + known_s + warm_diff_s)}, "
+            f"10 appended {ms(appended_snapshot_s + appended_known_s + appended_diff_s)}; "
             f"refold {refold_s:.1f} s",
             flush=True,
         )
@@ -285,17 +312,24 @@ def main() -> None:
     print()
     print(
         f"{'nodes':>8s} {'10 new':>10s} {'p95':>9s} {'ledger':>9s} {'fold':>9s} "
-        f"{'10 edits':>10s} {'ckpt':>9s} {'new tag':>10s} {'poll':>10s} {'refold':>8s}"
+        f"{'10 edits':>10s} {'ckpt':>9s} {'new tag':>10s} {'poll':>10s} {'warm':>9s} "
+        f"{'+10':>9s} {'refold':>8s}"
         f"   ({threads} torch threads; medians of {args.trials})"
     )
     for size, f in results.items():
         poll = f["poll_snapshot_s"] + f["poll_known_hashes_s"] + f["poll_diff_s"]
+        warm = f["warm_poll_snapshot_s"] + f["poll_known_hashes_s"] + f["warm_poll_diff_s"]
+        appended = (
+            f["appended_poll_snapshot_s"]
+            + f["appended_poll_known_hashes_s"]
+            + f["appended_poll_diff_s"]
+        )
         print(
             f"{size:>8s} {ms(f['new_total']['median']):>10s} {ms(f['new_total']['p95']):>9s} "
             f"{ms(f['new_ledger']['median']):>9s} {ms(f['new_fold']['median']):>9s} "
             f"{ms(f['edit_total']['median']):>10s} {ms(f['checkpoint']['median']):>9s} "
-            f"{ms(f['new_concept_total']['median']):>10s} {ms(poll):>10s} "
-            f"{f['refold_s']:7.1f}s"
+            f"{ms(f['new_concept_total']['median']):>10s} {ms(poll):>10s} {ms(warm):>9s} "
+            f"{ms(appended):>9s} {f['refold_s']:7.1f}s"
         )
     print(
         f"goal: 10 new nodes cost the same within 2x from {first} to {last} nodes: "

@@ -14,7 +14,7 @@ from amygdala_daemon.accumulators import CHECKPOINT_NAME, Accumulators, load_che
 from amygdala_daemon.config import Config, LabelsConfig
 from amygdala_daemon.engine import Engine, recover_fold
 from amygdala_daemon.errors import InputError, LockedError
-from amygdala_daemon.ledger import Ledger
+from amygdala_daemon.ledger import DeleteNode, Ledger, SetStatus, StoreEntry
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.vectors import direction
 from tests.conftest import make_config, sample_nodes, write_jsonl
@@ -268,3 +268,40 @@ def test_aliases_fold_into_their_concept_and_a_change_needs_rebuild(
         InputError, match=r"concepts.aliases changed .*run `amygdala-daemon rebuild`"
     ):
         Engine(plain)
+
+
+def test_the_writers_known_hashes_stay_in_step_with_the_table(tmp_path: Path) -> None:
+    """The in-memory map a poll diffs against equals a fresh read after every kind of write."""
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+
+    def store(node_id: str, node_hash: str, activations: np.ndarray | None = None) -> StoreEntry:
+        rows = np.ones((2, 4), np.float32) if activations is None else activations
+        return StoreEntry(node_id, node_hash, None, None, {"joy": 9.0}, "x" * 50, 0, rows, 5, False)
+
+    def table() -> dict[str, str]:
+        reader = Ledger(path, readonly=True)
+        try:
+            return dict(reader.known_hashes())
+        finally:
+            reader.close()
+
+    try:
+        assert dict(ledger.known_hashes()) == {}
+        steps = [
+            [store("a", "h1"), store("b", "h2"), SetStatus("c", "h3", "quarantined", "bad")],
+            [store("a", "h4"), DeleteNode("b")],
+            [SetStatus("b", "h5", "ineligible", "no valid tag"), DeleteNode("c")],
+        ]
+        for writes in steps:
+            ledger.apply(writes)
+            assert dict(ledger.known_hashes()) == table()
+        assert dict(ledger.known_hashes()) == {"a": "h4", "b": "h5"}
+        # A write that fails half-way rolls back, and the map with it.
+        with pytest.raises(IndexError):
+            ledger.apply([store("d", "h6"), store("a", "h7", np.zeros(3, np.float32))])
+        assert dict(ledger.known_hashes()) == table() == {"a": "h4", "b": "h5"}
+        ledger.reset()
+        assert dict(ledger.known_hashes()) == table() == {}
+    finally:
+        ledger.close()

@@ -42,6 +42,62 @@ def test_jsonl_half_written_last_line_is_retried_not_taken(tmp_path: Path) -> No
     assert sorted(source.snapshot().nodes) == ["a", "b"]
 
 
+def test_jsonl_polls_read_only_what_was_appended_and_equal_a_full_read(tmp_path: Path) -> None:
+    """Whatever happens to the file, a poll returns what reading it whole returns."""
+    import random
+
+    rng = random.Random(7)
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(line(id=f"n{i}", text=f"node {i}\njoy:9") for i in range(50)))
+    source = JsonlSource(path)
+    previous = source.snapshot()
+
+    def append(text: str) -> None:
+        with path.open("a") as handle:
+            handle.write(text)
+
+    def rewrite_in_place_same_size() -> None:
+        data = bytearray(path.read_bytes())
+        at = data.index(b"node 1")  # an early line: far from anything a tail check would see
+        data[at : at + 6] = b"NODE 1"
+        with path.open("r+b") as handle:  # same inode, same size
+            handle.write(bytes(data))
+
+    def replace_file() -> None:
+        fresh = tmp_path / "fresh.jsonl"
+        fresh.write_text(line(id="r", text="replaced\ncalm:9"))
+        os.replace(fresh, path)
+
+    steps = [
+        ("append", lambda: append(line(id=f"a{rng.random()}", text="more\njoy:8"))),
+        ("edit by a later line", lambda: append(line(id="n3", text="edited\ncalm:9"))),
+        ("tombstone", lambda: append(line(id="n4", deleted=True))),
+        ("bad line", lambda: append("{not json\n")),
+        ("half a line", lambda: append('{"id": "h", "text": "half\\njoy:9"')),
+        ("rest of the line", lambda: append("}\n")),
+        ("rewrite in place", rewrite_in_place_same_size),
+        ("truncate", lambda: path.write_text(path.read_text()[: len(path.read_text()) // 2])),
+        ("replace", replace_file),
+        ("append again", lambda: append(line(id="z", text="zed\njoy:9"))),
+    ]
+    for name, step in steps:
+        step()
+        polled = source.snapshot()
+        assert polled == JsonlSource(path).snapshot(), name
+        if name == "append":
+            # Parsed once: the earlier nodes are the very objects the last poll returned.
+            assert all(polled.nodes[k] is node for k, node in previous.nodes.items()), name
+        if name == "rewrite in place":
+            assert polled.nodes["n1"].text.startswith("NODE 1"), name
+        previous = polled
+    # An unchanged file read well after its mtime is not read again at all.
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    first = source.snapshot()
+    assert source.snapshot() == first
+    assert all(source.snapshot().nodes[k] is node for k, node in first.nodes.items())
+
+
 def test_jsonl_bad_lines_are_problems_or_quarantined(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     path.write_text(

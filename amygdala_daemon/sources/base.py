@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ class SourceNode:
     kind: str | None = None
     updated_at: str | None = None
 
-    @property
+    @functools.cached_property
     def content_hash(self) -> str:
+        # Cached: a source may hand out the same node on every poll, and the diff asks each time.
         return node_hash(self.text, self.kind)
 
 
@@ -45,6 +47,12 @@ class Snapshot:
     problems: list[str] = field(default_factory=list)
     # Ids present but not readable yet (a half-written file): neither changed nor deleted.
     pending: set[str] = field(default_factory=set)
+
+    def copy(self) -> Snapshot:
+        """A snapshot the caller may change; the nodes themselves are immutable and shared."""
+        return Snapshot(
+            dict(self.nodes), dict(self.rejected), list(self.problems), set(self.pending)
+        )
 
 
 @dataclass
