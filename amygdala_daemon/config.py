@@ -114,7 +114,7 @@ class VectorsConfig:
     evaluate_every: float = field(default=600.0, metadata=_min(0.0))
     """Seconds a publish may reuse the last sampled evaluation; 0: evaluate at every publish."""
     evaluate_after_changes: float = field(default=0.1, metadata=_min(0.0))
-    """Evaluate again once the ledger moved by this share of the eligible nodes."""
+    """Evaluate again once ledger steps (an edit is two) exceed this share of eligible nodes."""
 
 
 @dataclass

@@ -65,10 +65,11 @@ def sample_key(node_id: str) -> str:
 
 @dataclass(frozen=True)
 class Sample:
-    """Node ids to read, per bucket, and which of them are in the prefix."""
+    """Node ids to read, per bucket; which are in the prefix; what each extra was taken for."""
 
     buckets: dict[int, list[str]]
     prefix: frozenset[str]
+    extras: dict[str, frozenset[str]]
 
 
 def choose_sample(
@@ -88,6 +89,7 @@ def choose_sample(
             found[name] += 1
     short = {name: MIN_POSITIVES - n for name, n in found.items() if n < MIN_POSITIVES}
     chosen = [(key, node_id) for key, node_id, _, _ in prefix]
+    extras: dict[str, frozenset[str]] = {}
     for key, node_id, tags, content in keyed[size:]:
         if not short:
             break
@@ -95,6 +97,7 @@ def choose_sample(
         if not rare:
             continue
         chosen.append((key, node_id))
+        extras[node_id] = frozenset(rare)
         for name in rare:
             short[name] -= 1
             if short[name] == 0:
@@ -102,7 +105,7 @@ def choose_sample(
     buckets: dict[int, list[str]] = {k: [] for k in range(N_FOLDS)}
     for key, node_id in chosen:
         buckets[int(key, 16) % N_FOLDS].append(node_id)
-    return Sample(buckets, frozenset(node_id for _, node_id, _, _ in prefix))
+    return Sample(buckets, frozenset(node_id for _, node_id, _, _ in prefix), extras)
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,10 @@ class Batch:
     """One bucket's sampled nodes, read and labelled: rows are nodes, columns concepts."""
 
     activations: Array  # [n, n_layers, hidden]
-    positive: Mask  # [n, n_concepts]
+    positive: Mask  # [n, n_concepts]: the fold's labels, so the fit leaves the row out
     excluded: Mask  # [n, n_concepts]: not a negative (the fold's rule, positives included)
     prefix: Mask  # [n]
+    scored_positive: Mask  # [n, n_concepts]: `positive`, but an extra only for its concepts
 
     @classmethod
     def read(
@@ -121,16 +125,23 @@ class Batch:
         column = {name: i for i, name in enumerate(concepts)}
         positive = np.zeros((len(entries), len(concepts)), bool)
         excluded = np.zeros((len(entries), len(concepts)), bool)
+        taken_for = np.ones((len(entries), len(concepts)), bool)
         for row, entry in enumerate(entries):
             # Labelled from the entry itself, as read: the same labels the fold used.
             labels = label_node(entry.tags, entry.content, fold.known, fold.labels)
             positive[row, [column[n] for n in labels.positive if n in column]] = True
             excluded[row, [column[n] for n in labels.excluded_from_negatives if n in column]] = True
+            if entry.node_id in sample.extras:
+                # Scoring an extra for its other tags would over-weight the rare concept's
+                # company among those tags' positives.
+                taken_for[row] = False
+                taken_for[row, [column[n] for n in sample.extras[entry.node_id]]] = True
         return cls(
             activations=np.stack([entry.activations.astype(np.float64) for entry in entries]),
             positive=positive,
             excluded=excluded,
             prefix=np.array([entry.node_id in sample.prefix for entry in entries], bool),
+            scored_positive=positive & taken_for,
         )
 
     @property
@@ -144,7 +155,7 @@ def project(batch: Batch, units: Array, columns: Sequence[int]) -> Array:
     """Projections `[n, len(columns), n_layers]` of the batch onto `units` (one per column).
 
     Prefix rows get every column, in one matrix product per layer; an extra row only the
-    columns it is a positive for (the rest stay 0 and are never read).
+    columns it is scored as a positive for (the rest stay 0 and are never read).
     """
     x = batch.activations
     out = np.zeros((len(x), len(columns), x.shape[1]))
@@ -154,7 +165,7 @@ def project(batch: Batch, units: Array, columns: Sequence[int]) -> Array:
         out[dense] = np.stack(
             [rows[:, layer, :] @ units[:, layer, :].T for layer in range(x.shape[1])], axis=-1
         )
-    positive = batch.positive[:, list(columns)]
+    positive = batch.scored_positive[:, list(columns)]
     for row in np.flatnonzero(~batch.prefix):
         picked = np.flatnonzero(positive[row])
         out[row, picked] = np.einsum("clh,lh->cl", units[picked], x[row])
@@ -283,12 +294,12 @@ def evaluate(
         scores = project(batch, bucket_units, fitter.columns) - midpoints[None, :, :]
         for t, column in enumerate(fitter.columns):
             if fit[t]:
-                held[column][0].append(scores[batch.positive[:, column], t])
+                held[column][0].append(scores[batch.scored_positive[:, column], t])
                 held[column][1].append(scores[negative[:, column], t])
         if units is not None and names:
             projections = project(batch, units, range(len(names)))
             for column in range(len(names)):
-                spread[column][0].append(projections[batch.positive[:, column], column])
+                spread[column][0].append(projections[batch.scored_positive[:, column], column])
                 spread[column][1].append(projections[negative[:, column], column])
     return Evaluation(
         scores={
@@ -332,10 +343,12 @@ def evaluation_due(
 ) -> str | None:
     """Why the sampled figures must be measured again, or None to reuse `previous`'s.
 
-    `current` holds the new manifest's `concepts`, `ledger_seq`, `settings_fingerprint`
-    and `registry_epoch`. Spreads and AUROCs move slowly as a graph grows, so they are
-    kept for up to `evaluate_every` seconds, or until the ledger has moved by more than
-    `evaluate_after_changes` of the eligible nodes, whichever comes first.
+    `current` holds the new manifest's `concepts`, `stale`, `ledger_seq`,
+    `settings_fingerprint` and `registry_epoch`. Spreads and AUROCs move slowly as a graph
+    grows, so they are kept for up to `evaluate_every` seconds, or until the ledger has moved
+    by more than `evaluate_after_changes` of the eligible nodes (in ledger steps: an edit is
+    a retraction and an addition), whichever comes first. A concept that gains or loses its
+    data (in or out of `stale`) is measured at once: its figures would be null or obsolete.
     """
     if previous is None:
         return "no earlier generation"
@@ -345,6 +358,8 @@ def evaluation_due(
     for key in ("settings_fingerprint", "registry_epoch"):
         if previous.get(key) != current[key]:
             return f"{key} changed"
+    if set(previous.get("stale", [])) != set(current["stale"]):
+        return "the stale concepts changed"
     measured = set(previous.get("calibration", {})) & set(
         previous.get("quality", {}).get("auroc", {})
     )

@@ -177,7 +177,8 @@ class Ledger:
     # -- reads ------------------------------------------------------------------------
 
     def known_hashes(self) -> Mapping[str, str]:
-        """Every node's hash, `{node id: hash}`; read-only."""
+        """Every node's hash, `{node id: hash}`: a read-only view, current until the next
+        `apply` (use it before writing, or copy it)."""
         if self._known is None:
             known = dict(self.conn.execute("SELECT id, hash FROM nodes").fetchall())
             if not self._keeps_known:
@@ -297,8 +298,8 @@ class Ledger:
             self.set_meta("seq", str(seq))
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
             self._known = None  # whatever was written is undone: read it again when asked
+            self.conn.execute("ROLLBACK")
             raise
         if self._known is not None:
             for node_id, node_hash in hashes.items():

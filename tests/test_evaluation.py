@@ -91,7 +91,8 @@ def test_held_out_scores_equal_a_refit_without_each_bucket(method: str) -> None:
 def test_a_rare_concept_gets_extra_positives_scored_for_it_alone() -> None:
     # 400 nodes; "awe" on 13 of them only. A prefix of 100 holds about three of those.
     tags_of = [
-        {"awe": 9.0} if i % 33 == 0 else {"joy": 9.0} if i % 2 else {"calm": 9.0}
+        # awe always comes with joy: scoring awe's extras for joy would skew joy's sample.
+        {"awe": 9.0, "joy": 9.0} if i % 33 == 0 else {"joy": 9.0} if i % 2 else {"calm": 9.0}
         for i in range(400)
     ]
     entries = entries_with(tags_of, (2, 10), seed=5)
@@ -148,6 +149,7 @@ def test_evaluation_due_names_its_reason() -> None:
     }
     current = {
         "concepts": ["joy", "calm"],
+        "stale": [],
         "ledger_seq": 150,
         "settings_fingerprint": "f",
         "registry_epoch": "1",
@@ -170,6 +172,7 @@ def test_evaluation_due_names_its_reason() -> None:
             previous, current, 1000, replace(settings, evaluate_every=0.0), now
         ),
         "missing": evaluation_due({**previous, "evaluation": None}, current, 1000, settings, now),
+        "stale": evaluation_due(previous, {**current, "stale": ["calm"]}, 1000, settings, now),
     }
     assert reasons == {
         "moved": "50 ledger changes since the last evaluation, against 400 nodes",
@@ -179,6 +182,7 @@ def test_evaluation_due_names_its_reason() -> None:
         "rebuilt": "registry_epoch changed",
         "always": "the last evaluation is 60 s old",
         "missing": "the last generation carries no evaluation",
+        "stale": "the stale concepts changed",
     }
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 from amygdala_daemon.sources.base import Rejected, Snapshot, check_fields
 
-# File timestamps come from a coarse clock (a few ms); a read this long after the mtime
-# cannot share its tick with a later write.
-SAME_TICK_NS = 100_000_000
+# File timestamps come from a coarse clock: a few ms on ext4, a whole second on some
+# filesystems. A read this long after the mtime cannot share its tick with a later write.
+SAME_TICK_NS = 2_000_000_000
 
 
 @dataclass
 class _Read:
     """What the last read parsed, to tell an append from a rewrite next time."""
 
-    identity: tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+    identity: tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
     read_at_ns: int  # wall clock when the bytes were read
     offset: int  # bytes parsed: through the last newline
     digest: bytes  # sha256 of those bytes
@@ -38,8 +38,8 @@ class JsonlSource:
     A poll re-parses only what was appended. If the file is the same one (device and inode)
     and its first `offset` bytes still hash to what was parsed, only the bytes after them
     are read as lines; anything else (a rewrite, a truncation, a new file) is read whole.
-    An unchanged file (same size and mtime) is not read at all, provided it was read well
-    after its mtime: a write in the same clock tick as the read could leave both alone.
+    An unchanged file (same size, mtime and ctime) is not read at all, provided it was read
+    well after those times: a write in the same clock tick as the read could leave them alone.
     """
 
     def __init__(self, path: Path) -> None:
@@ -55,12 +55,19 @@ class JsonlSource:
         try:
             with open(self.path, "rb") as handle:
                 stat = os.fstat(handle.fileno())
-                identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                # ctime too: a writer can set the mtime back (touch -r, cp -p), never ctime.
+                identity = (
+                    stat.st_dev,
+                    stat.st_ino,
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    stat.st_ctime_ns,
+                )
                 last = self._last
                 if (
                     last is not None
                     and last.identity == identity
-                    and last.read_at_ns - stat.st_mtime_ns > SAME_TICK_NS
+                    and last.read_at_ns - max(stat.st_mtime_ns, stat.st_ctime_ns) > SAME_TICK_NS
                 ):
                     return last.returned.copy()
                 read_at_ns = time.time_ns()
@@ -84,7 +91,7 @@ class JsonlSource:
         return returned.copy()
 
     @staticmethod
-    def _appended(last: _Read, identity: tuple[int, int, int, int], data: bytes) -> bool:
+    def _appended(last: _Read, identity: tuple[int, ...], data: bytes) -> bool:
         """The same file, with what was parsed last time unchanged at its start."""
         same_file = last.identity[:2] == identity[:2] and len(data) >= last.offset
         return same_file and hashlib.sha256(data[: last.offset]).digest() == last.digest
