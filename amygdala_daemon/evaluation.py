@@ -212,15 +212,18 @@ class HeldOutFit:
         # The bucket's negatives for a concept: all its nodes but those excluded for it.
         neg_count = self.neg_count - (len(x) - excluded.sum(axis=0))
         pos_sum = _minus_rows(self.pos_sum, x, positive)
-        neg_sum = _minus_rows(self.neg_sum - x.sum(axis=0), x, excluded, sign=-1.0)
+        neg_sum = _minus_rows(self.neg_sum, x, excluded, sign=-1.0, shift=x.sum(axis=0))
         fit = (pos_count > 0) & (neg_count > 0)
         pos_n = np.maximum(pos_count, 1.0)[:, None, None]
         neg_n = np.maximum(neg_count, 1.0)[:, None, None]
         pos_mean, neg_mean = pos_sum / pos_n, neg_sum / neg_n
         pooled = None
         if self.method == "diag_lda":
-            pos_sq = _minus_rows(self.pos_squares, x**2, positive)
-            neg_sq = _minus_rows(self.neg_squares - (x**2).sum(axis=0), x**2, excluded, -1.0)
+            squared = x**2
+            pos_sq = _minus_rows(self.pos_squares, squared, positive)
+            neg_sq = _minus_rows(
+                self.neg_squares, squared, excluded, sign=-1.0, shift=squared.sum(axis=0)
+            )
             m2 = np.maximum(pos_sq - pos_sum * pos_mean, 0.0) + np.maximum(
                 neg_sq - neg_sum * neg_mean, 0.0
             )
@@ -237,12 +240,14 @@ def _stack(arrays: list[Array], shape: tuple[int, ...]) -> Array:
     return np.stack(arrays) if arrays else np.zeros(shape)
 
 
-def _minus_rows(base: Array, x: Array, members: Mask, sign: float = 1.0) -> Array:
-    """`base[t] - sign * sum of x over members[:, t]`, each column summed over its own rows.
+def _minus_rows(
+    base: Array, x: Array, members: Mask, sign: float = 1.0, shift: Array | None = None
+) -> Array:
+    """`base[t] - shift - sign * sum of x over members[:, t]`, as a new array.
 
     A node belongs to a handful of concepts, so a sum per column beats a dense product.
     """
-    out = base.copy()
+    out = base - shift if shift is not None else base.copy()
     for column in np.flatnonzero(members.any(axis=0)):
         out[column] -= sign * x[members[:, column]].sum(axis=0)
     return out

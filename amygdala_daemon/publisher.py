@@ -193,9 +193,12 @@ def build_release(
         "settings_fingerprint": settings_fingerprint(config, model),
         "registry_epoch": ledger.get_meta("registry_epoch") or "0",
     }
-    reason = "forced" if force_evaluation else None
-    reason = reason or evaluation_due(previous, manifest, fold.total.count, config.vectors, now)
-    if reason is not None or previous is None:
+    reason = (
+        "forced"
+        if force_evaluation
+        else evaluation_due(previous, manifest, fold.total.count, config.vectors, now)
+    )
+    if reason is not None or previous is None:  # (evaluation_due is never None without one)
         sampled = _measure(fold, ledger, config, model, selection.rows, units)
         sampled["evaluation"] = {
             "ledger_seq": fold.ledger_seq,
