@@ -1,3 +1,3 @@
-from amygdala_daemon.cli import main
+from amygdala_daemon.cli.main import main
 
 raise SystemExit(main())

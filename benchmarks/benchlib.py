@@ -166,14 +166,14 @@ def ms(seconds: float) -> str:
 
 def smollm2_cache(work: Path) -> Path:
     """Convert the bundled GGUF once into `work/models/smollm2-135m` (untimed)."""
-    from amygdala_daemon.models import SMOLLM2_ALIAS, convert_smollm2
+    from amygdala_daemon.model.loading import SMOLLM2_ALIAS, convert_smollm2
 
     return convert_smollm2(work / "models" / SMOLLM2_ALIAS)
 
 
 def link_model_cache(state_dir: Path, cache: Path) -> None:
     """Let a fresh state directory reuse the converted model instead of converting again."""
-    from amygdala_daemon.models import SMOLLM2_ALIAS
+    from amygdala_daemon.model.loading import SMOLLM2_ALIAS
 
     models = state_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -205,9 +205,9 @@ def bundled_nodes() -> list[dict[str, Any]]:
 
 def eligible_contents() -> list[str]:
     """The content (tag lines removed) of every eligible node of the bundled graph, in order."""
-    from amygdala_daemon.config import LabelsConfig
-    from amygdala_daemon.labels import is_eligible
-    from amygdala_daemon.tags import parse_text
+    from amygdala_daemon.core.config import LabelsConfig
+    from amygdala_daemon.core.labels import is_eligible
+    from amygdala_daemon.core.tags import parse_text
 
     contents = []
     for node in bundled_nodes():

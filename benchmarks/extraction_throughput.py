@@ -49,8 +49,8 @@ def load(name: str, work: Path, device: str, dtype: str) -> tuple[Any, Any]:
     its ids is a valid id in Qwen2's larger vocabulary, and speed does not depend on either."""
     import torch
 
-    from amygdala_daemon.config import ModelConfig
-    from amygdala_daemon.models import load_model, resolve_device, resolve_dtype
+    from amygdala_daemon.core.config import ModelConfig
+    from amygdala_daemon.model.loading import load_model, resolve_device, resolve_dtype
 
     if name == "smollm2":
         smollm2 = load_model(ModelConfig(device=device, dtype=dtype), work)
@@ -179,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(args.threads)
     smollm2_cache(args.work)
-    from amygdala_daemon.extractor import Extractor
+    from amygdala_daemon.model.extractor import Extractor
 
     model, tokenizer = load(args.model, args.work, args.device, args.dtype)
     shape = Shape.of(model.config)

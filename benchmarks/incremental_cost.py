@@ -122,7 +122,7 @@ class Synthetic:
 
     def write(self, node_id: str, tags: dict[str, float] | None = None) -> tuple[Any, str]:
         """A `StoreEntry` and the node's full text (content plus its tag line)."""
-        from amygdala_daemon.ledger import StoreEntry
+        from amygdala_daemon.core.changes import StoreEntry
         from amygdala_daemon.sources.base import node_hash
 
         content = self.content()
@@ -161,11 +161,13 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(args.threads)
 
-    from amygdala_daemon.accumulators import Accumulators, refold, save_checkpoint
-    from amygdala_daemon.config import LabelsConfig
-    from amygdala_daemon.ledger import Ledger
+    from amygdala_daemon.core.config import LabelsConfig
+    from amygdala_daemon.core.fold import Accumulators
     from amygdala_daemon.sources.base import diff
     from amygdala_daemon.sources.jsonl import JsonlSource
+    from amygdala_daemon.store.checkpoint import save_checkpoint
+    from amygdala_daemon.store.ledger import Ledger
+    from amygdala_daemon.store.recovery import refold
 
     work = args.work / "incremental"
     shutil.rmtree(work, ignore_errors=True)

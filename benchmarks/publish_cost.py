@@ -68,7 +68,7 @@ def make_writes(rng: Any, names: list[str], start: int, count: int, hidden: int)
     """`count` nodes from `n{start}` on: one concept each by turn, up to two more at random."""
     import numpy as np
 
-    from amygdala_daemon.ledger import StoreEntry
+    from amygdala_daemon.core.changes import StoreEntry
 
     writes = []
     for index in range(start, start + count):
@@ -87,10 +87,10 @@ def make_writes(rng: Any, names: list[str], start: int, count: int, hidden: int)
 
 def build_state(work: Path, names: list[str], nodes: int, hidden: int, rng: Any) -> tuple[Any, Any]:
     """A ledger of `nodes` entries and a fold over it, merged with synthetic history."""
-    from amygdala_daemon.accumulators import refold
-    from amygdala_daemon.config import LabelsConfig
-    from amygdala_daemon.ledger import Ledger
-    from amygdala_daemon.stats import Welford
+    from amygdala_daemon.core.config import LabelsConfig
+    from amygdala_daemon.core.stats import Welford
+    from amygdala_daemon.store.ledger import Ledger
+    from amygdala_daemon.store.recovery import refold
 
     shape = (4, hidden)
     ledger = Ledger(work / "ledger.sqlite3")
@@ -123,9 +123,9 @@ def main() -> None:
     import numpy as np
 
     from amygdala_daemon import publisher
-    from amygdala_daemon.accumulators import load_checkpoint, save_checkpoint
-    from amygdala_daemon.config import from_dict
-    from amygdala_daemon.publisher import ModelInfo
+    from amygdala_daemon.core.config import from_dict
+    from amygdala_daemon.core.manifest import ModelInfo
+    from amygdala_daemon.store.checkpoint import load_checkpoint, save_checkpoint
 
     work = args.work / "publish"
     shutil.rmtree(work, ignore_errors=True)

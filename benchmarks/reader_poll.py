@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from amygdala_daemon.publisher import Release, serialize
+from amygdala_daemon.core.manifest import Release
 from amygdala_daemon.reader import ReadoutWatcher
+from amygdala_daemon.store.generations import serialize
 
 
 def per_call_ns(function: object, calls: int) -> float:

@@ -52,10 +52,10 @@ def original_labels() -> dict[str, Examples]:
 
     Default thresholds; the content (tag lines removed) is what the model sees.
     """
-    from amygdala_daemon.config import LabelsConfig
-    from amygdala_daemon.labels import is_eligible, mention_count
+    from amygdala_daemon.core.config import LabelsConfig
+    from amygdala_daemon.core.labels import is_eligible, mention_count
+    from amygdala_daemon.core.tags import parse_text
     from amygdala_daemon.sources import bundled_sample_path
-    from amygdala_daemon.tags import parse_text
 
     settings = LabelsConfig()
     eligible = []
@@ -108,7 +108,7 @@ def reference_means(
     mean with attention sinks left out."""
     import torch
 
-    from amygdala_daemon.extractor import pool
+    from amygdala_daemon.model.extractor import pool
 
     plain: Array | None = None
     sinkless: Array | None = None
@@ -153,9 +153,9 @@ def unit_rows(difference: Array) -> Array:
 def run_reference(
     work: Path, device: str, dtype: str, layers: list[int], batch_size: int, emotions: int
 ) -> dict[str, Any]:
-    from amygdala_daemon.config import ModelConfig
-    from amygdala_daemon.extractor import default_layers, find_decoder_blocks, resolve_layers
-    from amygdala_daemon.models import load_model
+    from amygdala_daemon.core.config import ModelConfig
+    from amygdala_daemon.model.extractor import default_layers, find_decoder_blocks, resolve_layers
+    from amygdala_daemon.model.loading import load_model
 
     load = Stopwatch()
     with load.running():
@@ -217,8 +217,8 @@ def run_reference(
 def run_rebuild(
     work: Path, cache: Path, device: str, dtype: str, layers: list[int], threads: int, run: int
 ) -> dict[str, Any]:
-    from amygdala_daemon.config import from_dict
-    from amygdala_daemon.engine import Engine
+    from amygdala_daemon.core.config import from_dict
+    from amygdala_daemon.engine.writer import Engine
     from amygdala_daemon.sources import open_source
 
     state = work / f"rebuild-state-{run}"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from amygdala_daemon.config import Config, from_dict
+from amygdala_daemon.core.config import Config, from_dict
 from amygdala_daemon.sources import bundled_sample_path
 
 torch.set_num_threads(1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from amygdala_daemon.cli import build_parser
+from amygdala_daemon.cli.main import build_parser
 from tests.conftest import config_toml, sample_nodes, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent

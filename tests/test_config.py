@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from amygdala_daemon.config import Config, from_dict, load
-from amygdala_daemon.errors import ConfigError
+from amygdala_daemon.core.config import Config, from_dict
+from amygdala_daemon.core.errors import ConfigError
+from amygdala_daemon.store.config_file import load
 
 
 def test_every_field_has_a_default_and_a_docstring() -> None:
     import ast
     import inspect
 
-    import amygdala_daemon.config as module
+    import amygdala_daemon.core.config as module
 
     tree = ast.parse(inspect.getsource(module))
     documented = set()

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amygdala_daemon.accumulators import refold
-from amygdala_daemon.config import from_dict
-from amygdala_daemon.engine import Engine, recover_fold, stored_model_info
-from amygdala_daemon.ledger import Ledger
+from amygdala_daemon.core.config import from_dict
+from amygdala_daemon.core.tags import parse_text
+from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.tags import parse_text
+from amygdala_daemon.store.ledger import Ledger
+from amygdala_daemon.store.recovery import recover_fold, refold, stored_model_info
 from tests.conftest import sample_nodes, write_jsonl
 from tests.test_daemon import DaemonProcess, wait_for
 from tests.test_engine import assert_same_fold
@@ -38,7 +38,7 @@ def phase_at_kill(log_text: str) -> str:
 
 def ready_count(daemon: DaemonProcess) -> int:
     return (
-        daemon.log.read_text().count("INFO amygdala_daemon.daemon: ready:")
+        daemon.log.read_text().count("INFO amygdala_daemon.serving.daemon: ready:")
         if daemon.log.exists()
         else 0
     )
@@ -125,7 +125,8 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
             assert daemon.process is not None
             daemon.process.send_signal(signal.SIGKILL)
             daemon.process.wait()
-            run_log = daemon.log.read_text().rsplit("INFO amygdala_daemon.daemon: ready:", 1)[-1]
+            ready = "INFO amygdala_daemon.serving.daemon: ready:"
+            run_log = daemon.log.read_text().rsplit(ready, 1)[-1]
             phases[phase_at_kill(run_log)] = phases.get(phase_at_kill(run_log), 0) + 1
             check_state(daemon, config)
         # One last clean pass, then the whole state against a from-scratch rebuild.

@@ -287,7 +287,7 @@ def test_token_is_required_when_configured(
 
 
 def test_slow_client_loses_its_backlog_not_the_daemon() -> None:
-    from amygdala_daemon.server import CLIENT_BACKLOG, EventHub
+    from amygdala_daemon.serving.server import CLIENT_BACKLOG, EventHub
 
     hub = EventHub()
     fast: Any = object()

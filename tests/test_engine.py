@@ -10,13 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from amygdala_daemon.accumulators import CHECKPOINT_NAME, Accumulators, load_checkpoint, refold
-from amygdala_daemon.config import Config, LabelsConfig
-from amygdala_daemon.engine import Engine, recover_fold
-from amygdala_daemon.errors import InputError, LockedError
-from amygdala_daemon.ledger import DeleteNode, Ledger, SetStatus, StoreEntry
+from amygdala_daemon.core.changes import DeleteNode, SetStatus, StoreEntry
+from amygdala_daemon.core.config import Config, LabelsConfig
+from amygdala_daemon.core.errors import InputError, LockedError
+from amygdala_daemon.core.fold import Accumulators
+from amygdala_daemon.core.paths import StatePaths
+from amygdala_daemon.core.vectors import direction
+from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.vectors import direction
+from amygdala_daemon.store.checkpoint import load_checkpoint
+from amygdala_daemon.store.ledger import Ledger
+from amygdala_daemon.store.recovery import recover_fold, refold
 from tests.conftest import make_config, sample_nodes, write_jsonl
 
 
@@ -194,7 +198,7 @@ def test_checkpoint_is_atomic_and_rejected_under_other_settings(
         engine.sync(open_source(config.source))
         assert engine.checkpoint() and not engine.checkpoint()
         assert engine.fold is not None
-        path = config.state_path / CHECKPOINT_NAME
+        path = StatePaths(config.state_path).checkpoint
         loaded = load_checkpoint(path, config.labels, engine.fold.shape)
         assert loaded is not None and loaded.ledger_seq == engine.fold.ledger_seq
         assert_same_fold(engine.fold, loaded, rtol=0)

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amygdala_daemon.accumulators import Accumulators
-from amygdala_daemon.config import LabelsConfig, VectorsConfig
-from amygdala_daemon.engine import Engine
-from amygdala_daemon.evaluation import (
+from amygdala_daemon.core.changes import Entry
+from amygdala_daemon.core.config import LabelsConfig, VectorsConfig
+from amygdala_daemon.core.evaluation import (
     MIN_POSITIVES,
     choose_sample,
     cross_validate,
@@ -20,12 +19,13 @@ from amygdala_daemon.evaluation import (
     evaluation_due,
     sample_key,
 )
-from amygdala_daemon.layers import MemoryEntries
-from amygdala_daemon.ledger import Entry
-from amygdala_daemon.quality import held_out_bucket
+from amygdala_daemon.core.fold import Accumulators
+from amygdala_daemon.core.quality import held_out_bucket
+from amygdala_daemon.core.stats import Welford
+from amygdala_daemon.core.vectors import direction
+from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.stats import Welford
-from amygdala_daemon.vectors import direction
+from amygdala_daemon.views.layers import MemoryEntries
 from tests.conftest import make_config, sample_nodes, write_jsonl
 from tests.test_publisher import check_generation
 

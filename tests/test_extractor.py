@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from amygdala_daemon.errors import InputError
-from amygdala_daemon.extractor import (
+from amygdala_daemon.core.errors import InputError
+from amygdala_daemon.core.tags import parse_text
+from amygdala_daemon.model.extractor import (
     Extractor,
     capture_blocks,
     default_layers,
     find_decoder_blocks,
     resolve_layers,
 )
-from amygdala_daemon.tags import parse_text
 from tests.conftest import TINY_LAYERS, sample_nodes
 
 TEXTS = [parse_text(n["text"]).content for n in sample_nodes()[:40]]

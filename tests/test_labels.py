@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from amygdala_daemon.config import LabelsConfig
-from amygdala_daemon.labels import KnownConcepts, is_eligible, label_node, mention_count
+from amygdala_daemon.core.config import LabelsConfig
+from amygdala_daemon.core.labels import KnownConcepts, is_eligible, label_node, mention_count
 
 BODY = "A long enough paragraph of content about the day we shipped it."
 

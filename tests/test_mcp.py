@@ -17,11 +17,12 @@ import anyio
 import pytest
 from mcp import Client
 
-from amygdala_daemon.config import from_dict
-from amygdala_daemon.engine import Engine
-from amygdala_daemon.errors import ConfigError
-from amygdala_daemon.sources import SourceError, open_source
+from amygdala_daemon.core.config import from_dict
+from amygdala_daemon.core.errors import ConfigError
+from amygdala_daemon.engine.writer import Engine
+from amygdala_daemon.sources import open_source
 from amygdala_daemon.sources.base import MAX_TEXT_CHARS, Rejected, SourceNode
+from amygdala_daemon.sources.errors import SourceError
 from amygdala_daemon.sources.mcp import McpSource, endpoint
 from amygdala_daemon.sources.mcp_mapping import (
     KNOWLEDGE_GRAPH_PACKAGE,

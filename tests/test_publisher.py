@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from amygdala_daemon.concepts import select_concepts
-from amygdala_daemon.config import ConceptsConfig
-from amygdala_daemon.engine import Engine
-from amygdala_daemon.errors import InputError
-from amygdala_daemon.publisher import generations, rollback
+from amygdala_daemon.core.concepts import select_concepts
+from amygdala_daemon.core.config import ConceptsConfig
+from amygdala_daemon.core.errors import InputError
+from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
+from amygdala_daemon.store.generations import generations, rollback
 from tests.conftest import make_config, sample_nodes, write_jsonl
 
 

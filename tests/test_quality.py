@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amygdala_daemon.accumulators import Accumulators, refold
-from amygdala_daemon.config import ConceptsConfig, LabelsConfig
-from amygdala_daemon.evaluation import cross_validate, evaluate
-from amygdala_daemon.layers import MemoryEntries, score_layers
-from amygdala_daemon.ledger import Entry, Ledger, StoreEntry, Write
-from amygdala_daemon.quality import (
+from amygdala_daemon.core.changes import Entry, StoreEntry, Write
+from amygdala_daemon.core.config import ConceptsConfig, LabelsConfig
+from amygdala_daemon.core.evaluation import cross_validate, evaluate
+from amygdala_daemon.core.fold import Accumulators
+from amygdala_daemon.core.quality import (
     auroc,
     cohens_d,
     cooccurrence,
@@ -25,7 +24,10 @@ from amygdala_daemon.quality import (
     recommend_layers,
     rule_of_thumb_layers,
 )
-from amygdala_daemon.vectors import calibrate
+from amygdala_daemon.core.vectors import calibrate
+from amygdala_daemon.store.ledger import Ledger
+from amygdala_daemon.store.recovery import refold
+from amygdala_daemon.views.layers import MemoryEntries, score_layers
 
 LABELS = LabelsConfig()
 

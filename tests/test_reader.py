@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from amygdala_daemon.engine import Engine
-from amygdala_daemon.publisher import Release, serialize
+from amygdala_daemon.core.manifest import Release
+from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.reader import ReadoutError, ReadoutWatcher, load_readout
 from amygdala_daemon.sources import open_source
+from amygdala_daemon.store.generations import serialize
 from tests.conftest import make_config, sample_nodes, write_jsonl
 from tests.test_daemon import DaemonProcess, next_event, request, wait_for
 

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from amygdala_daemon.cli import main as cli_main
-from amygdala_daemon.config import Config, load
-from amygdala_daemon.engine import Engine
-from amygdala_daemon.publisher import current_manifest
-from amygdala_daemon.report import build_report
+from amygdala_daemon.cli.main import main as cli_main
+from amygdala_daemon.core.config import Config
+from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.status import status_report
+from amygdala_daemon.store.config_file import load
+from amygdala_daemon.store.generations import current_manifest
+from amygdala_daemon.views.report import build_report
+from amygdala_daemon.views.status import status_report
 from tests.conftest import config_toml, sample_nodes, write_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from amygdala_daemon.config import Config, LabelsConfig, SourceConfig
-from amygdala_daemon.engine import Engine
-from amygdala_daemon.errors import InputError
-from amygdala_daemon.pairs import extract_pairs, read_training_dir
-from amygdala_daemon.seed import train
+from amygdala_daemon.core.config import Config, LabelsConfig, SourceConfig
+from amygdala_daemon.core.errors import InputError
+from amygdala_daemon.core.tags import parse_text
+from amygdala_daemon.engine.writer import Engine
+from amygdala_daemon.seed.pairs import extract_pairs, read_training_dir
+from amygdala_daemon.seed.train import train
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.tags import parse_text
 from tests.conftest import make_config, sample_nodes, write_jsonl
 from tests.test_cli import one_error_line
 from tests.test_publisher import check_generation
@@ -381,7 +381,7 @@ def test_bad_extract_flags_are_one_line_and_exit_2(
 
 
 def test_help_explains_both_commands() -> None:
-    from amygdala_daemon.cli_seed import add_seed_commands
+    from amygdala_daemon.cli.seed import add_seed_commands
 
     parser = argparse.ArgumentParser(prog="amygdala-daemon")
     commands = parser.add_subparsers()

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from amygdala_daemon.config import ModelConfig
-from amygdala_daemon.engine import Engine
-from amygdala_daemon.extractor import Extractor, capture_blocks, find_decoder_blocks
-from amygdala_daemon.models import SMOLLM2_ALIAS, load_model
+from amygdala_daemon.core.config import ModelConfig
+from amygdala_daemon.core.tags import parse_text
+from amygdala_daemon.engine.writer import Engine
+from amygdala_daemon.model.extractor import Extractor, capture_blocks, find_decoder_blocks
+from amygdala_daemon.model.loading import SMOLLM2_ALIAS, load_model
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.tags import parse_text
 from tests.conftest import make_config, sample_nodes, write_jsonl
 
 pytestmark = [
@@ -39,8 +39,9 @@ def smollm2_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     state = tmp_path_factory.mktemp("smollm2-state")
     code = (
-        "import sys; from pathlib import Path; from amygdala_daemon.config import ModelConfig; "
-        "from amygdala_daemon.models import load_model; "
+        "import sys; from pathlib import Path; "
+        "from amygdala_daemon.core.config import ModelConfig; "
+        "from amygdala_daemon.model.loading import load_model; "
         "load_model(ModelConfig(device='cpu'), Path(sys.argv[1]))"
     )
     done = subprocess.run(

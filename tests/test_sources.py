@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from amygdala_daemon.sources import SourceError, bundled_sample_path
+from amygdala_daemon.core.tags import parse_text
+from amygdala_daemon.sources import bundled_sample_path
 from amygdala_daemon.sources.base import diff, node_hash
 from amygdala_daemon.sources.directory import DirectorySource
+from amygdala_daemon.sources.errors import SourceError
 from amygdala_daemon.sources.jsonl import JsonlSource
-from amygdala_daemon.tags import parse_text
 
 
 def line(**fields: object) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amygdala_daemon.stats import Welford
+from amygdala_daemon.core.stats import Welford
 
 
 def reference(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amygdala_daemon.tags import parse_text
+from amygdala_daemon.core.tags import parse_text
 
 names = st.from_regex(r"[a-z][a-z0-9_-]{0,11}", fullmatch=True)
 scores = st.integers(0, 10)

@@ -5,15 +5,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from amygdala_daemon.config import SourceConfig
-from amygdala_daemon.errors import AmygdalaError
+from amygdala_daemon.core.config import SourceConfig
 from amygdala_daemon.sources.base import Changes, MemorySource, Rejected, Snapshot, SourceNode
-
-
-class SourceError(AmygdalaError):
-    """The source as a whole cannot be read right now (missing file, server down)."""
-
-    exit_code = 2
+from amygdala_daemon.sources.errors import SourceError
 
 
 def bundled_sample_path() -> Path:

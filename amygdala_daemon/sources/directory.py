@@ -28,7 +28,7 @@ class DirectorySource:
         return f"directory {self.root}"
 
     def snapshot(self) -> Snapshot:
-        from amygdala_daemon.sources import SourceError
+        from amygdala_daemon.sources.errors import SourceError
 
         if not self.root.is_dir():
             raise SourceError(f"cannot read directory source {self.root}: not a directory")

@@ -50,7 +50,7 @@ class JsonlSource:
         return f"jsonl {self.path}"
 
     def snapshot(self) -> Snapshot:
-        from amygdala_daemon.sources import SourceError
+        from amygdala_daemon.sources.errors import SourceError
 
         try:
             with open(self.path, "rb") as handle:

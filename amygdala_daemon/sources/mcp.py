@@ -34,9 +34,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from amygdala_daemon import __version__
-from amygdala_daemon.config import SourceConfig
-from amygdala_daemon.sources import SourceError
+from amygdala_daemon.core.config import SourceConfig
 from amygdala_daemon.sources.base import Snapshot
+from amygdala_daemon.sources.errors import SourceError
 from amygdala_daemon.sources.mcp_mapping import (
     MappingError,
     Reader,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
-from amygdala_daemon.config import SourceConfig
+from amygdala_daemon.core.config import SourceConfig
 from amygdala_daemon.sources.base import Rejected, Snapshot, SourceNode, check_fields
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,301 @@
+"""Command line: each subcommand parses its flags, builds library objects and calls one method."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from amygdala_daemon import __version__
+from amygdala_daemon.cli.common import config_from_args, progress_bar
+from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.errors import AmygdalaError, InputError
+from amygdala_daemon.core.paths import StatePaths
+
+log = logging.getLogger("amygdala_daemon")
+
+DESCRIPTION = """\
+Keep emotion readout vectors fresh from an agent's memory graph.
+
+Nodes whose trailing tag line scores an emotion (`warmth:9 clarity:10`) are run through the
+model once each; their pooled activations are folded into per-emotion statistics, and the
+unit directions mean(with) - mean(without) are published for vLLM as
+<state_dir>/published/current/vectors.safetensors + manifest.json.
+
+With no configuration it runs on the bundled sample graph and the bundled SmolLM2-135M model.
+"""
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from amygdala_daemon.engine.writer import Engine
+    from amygdala_daemon.sources import open_source
+
+    config = config_from_args(args)
+    engine = Engine(config, progress=progress_bar, for_full_rebuild=not args.from_cache)
+    try:
+        source = open_source(config.source)
+        report = engine.rebuild(source, from_cache=args.from_cache)
+        manifest = _current(config)
+    finally:
+        engine.close()
+    if manifest is not None:
+        _fire_hooks(config, (_current_dir(config)).resolve())
+    if not args.from_cache:
+        print(f"rebuild: {report.summary()}")
+    if manifest is None:
+        print("rebuild: nothing to publish (no eligible node)")
+    else:
+        print(
+            f"published generation {manifest['generation']}: {len(manifest['concepts'])} "
+            f"concepts x layers {manifest['layers']} -> {_current_dir(config)}"
+        )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from amygdala_daemon.serving.daemon import Daemon
+
+    config = config_from_args(args)
+    daemon = Daemon(config, config_path=args.config)
+    if not args.once:
+        return asyncio.run(daemon.run())
+    code = asyncio.run(daemon.run_once())
+    if daemon.last_sync is not None:
+        print(f"run --once: {daemon.last_sync.summary()}")
+    if daemon.generation is not None:
+        print(f"published generation {daemon.generation} -> {_current_dir(config)}")
+    else:
+        print("run --once: nothing new to publish")
+    return code
+
+
+def _ask_daemon(config: Config, request: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to the running daemon's websocket and return its reply."""
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import connect
+
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    url = f"ws://{host}:{config.server.port}/"
+    headers = {"Authorization": f"Bearer {config.server.token}"} if config.server.token else None
+    try:
+        with connect(url, additional_headers=headers, open_timeout=10) as connection:
+            connection.send(json.dumps(request))
+            while True:
+                reply: dict[str, Any] = json.loads(connection.recv(timeout=600))
+                if reply.get("op") == request["op"] or ("error" in reply and "event" not in reply):
+                    return reply
+    except (OSError, WebSocketException, TimeoutError) as exc:
+        raise AmygdalaError(
+            f"the daemon holds the state directory but {url} did not answer: {exc}"
+        ) from None
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from amygdala_daemon.engine.writer import Engine
+    from amygdala_daemon.store.lock import lock_holder
+
+    config = config_from_args(args)
+    holder = lock_holder(config.state_path)
+    if holder is not None:
+        # The daemon owns the state: ask it to publish rather than fight for the lock.
+        reply = _ask_daemon(config, {"op": "publish", "force": args.force})
+        if not reply.get("ok"):
+            raise AmygdalaError(f"publish: the daemon (pid {holder}) said: {reply.get('error')}")
+        if reply.get("published"):
+            print(f"published {reply['path']} (by the daemon, pid {holder})")
+        else:
+            print(
+                "publish: nothing changed since the last generation (use --force to publish anyway)"
+            )
+        return 0
+    engine = Engine(config)
+    try:
+        written = engine.publish(force=args.force)
+    finally:
+        engine.close()
+    if written is None:
+        print("publish: nothing changed since the last generation (use --force to publish anyway)")
+    else:
+        print(f"published {written}")
+        _fire_hooks(config, written)
+    return 0
+
+
+def _fire_hooks(config: Config, generation_dir: Path) -> None:
+    from amygdala_daemon.serving.notify import fire, published_event
+
+    if config.notify.command or config.notify.url:
+        for failure in fire(config.notify, published_event(generation_dir)):
+            print(
+                f"publish hook failed (the generation stays published): {failure}", file=sys.stderr
+            )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from amygdala_daemon.views.status import format_status, status_report
+
+    report = status_report(config_from_args(args))
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from amygdala_daemon.views.probe import format_probe, probe_texts
+
+    if args.file:
+        path = Path(args.file)
+        try:
+            raw = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"probe: cannot read {args.file}: {exc.strerror}") from None
+        texts = [line for line in raw.splitlines() if line.strip()]
+    elif args.text:
+        texts = [" ".join(args.text)]
+    elif not sys.stdin.isatty():
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    else:
+        raise InputError("probe: give TEXT, or --file F (one text per line; - or a pipe: stdin)")
+    results = probe_texts(config_from_args(args), texts)
+    print(json.dumps(results, indent=2) if args.json else format_probe(results, args.top))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from amygdala_daemon.store.generations import rollback
+    from amygdala_daemon.store.lock import StateLock
+
+    config = config_from_args(args)
+    with StateLock(config.state_path):
+        generation = rollback(
+            StatePaths(config.state_path).published,
+            args.generation,
+            config.publish.vectors_path,
+            config.publish.manifest_path,
+        )
+    print(f"current -> generation {generation}")
+    return 0
+
+
+def _current_dir(config: Config) -> Path:
+    return StatePaths(config.state_path).current
+
+
+def _current(config: Config) -> dict[str, Any] | None:
+    from amygdala_daemon.store.generations import current_manifest
+
+    return current_manifest(StatePaths(config.state_path).published)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amygdala-daemon",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config", help="TOML config file (default: $AMYGDALA_CONFIG, else built-in defaults)"
+    )
+    parser.add_argument("--state-dir", help="state directory (overrides state_dir in the config)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="watch the graph and keep the vectors fresh (foreground, for systemd)",
+        description="Poll the source, run new or changed nodes through the model once each, "
+        "publish on the schedule, and serve status and events on a websocket. SIGTERM stops "
+        "gracefully; SIGHUP reloads the config.",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="drain pending work, publish if anything changed, and exit",
+    )
+    run.set_defaults(func=cmd_run)
+
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="recompute everything from the source, then publish",
+        description="Forget the ledger, run every node through the model, refold and publish. "
+        "Concept rows may be renumbered.",
+    )
+    rebuild.add_argument(
+        "--from-cache",
+        action="store_true",
+        help="refold the stored activations under the current label settings; no model needed",
+    )
+    rebuild.set_defaults(func=cmd_rebuild)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish a new generation now",
+        description="Write a new generation if the ledger or settings changed since the last one.",
+    )
+    publish.add_argument("--force", action="store_true", help="publish even if nothing changed")
+    publish.set_defaults(func=cmd_publish)
+
+    status = commands.add_parser(
+        "status",
+        help="counts per concept, backlog, last generation, quarantined nodes",
+        description="Read-only: safe while the daemon runs.",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
+    status.set_defaults(func=cmd_status)
+
+    probe = commands.add_parser(
+        "probe",
+        help="project text onto the current vectors",
+        description="Run text through the model and project it onto every published concept at "
+        "every layer: raw dot products, and z-scores against the negatives' calibration.",
+    )
+    probe.add_argument(
+        "text", nargs="*", help="the text to probe (none: one text per line from stdin)"
+    )
+    probe.add_argument("--file", help="a file with one text per line (- for stdin)")
+    probe.add_argument("--json", action="store_true", help="a JSON list, one object per text")
+    probe.add_argument("--top", type=int, default=5, help="concepts shown per text (default 5)")
+    probe.set_defaults(func=cmd_probe)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="point `current` back to an earlier generation",
+        description="Without GEN, go back one generation. The next publish writes a new one.",
+    )
+    rollback.add_argument("generation", nargs="?", type=int, metavar="GEN")
+    rollback.set_defaults(func=cmd_rollback)
+
+    from amygdala_daemon.cli.seed import add_seed_commands
+
+    add_seed_commands(commands)
+
+    from amygdala_daemon.cli.quality import add_quality_commands
+
+    add_quality_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # transformers is chatty at INFO and warns about things that are fine here.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        code: int = args.func(args)
+        return code
+    except AmygdalaError as exc:
+        print(f"amygdala-daemon: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

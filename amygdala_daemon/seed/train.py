@@ -1,0 +1,225 @@
+"""The seed's second batch step: train vectors from a training-pairs directory.
+
+`train` reads a directory (see `pairs.py`), runs each distinct text through the model once,
+folds float64 Welford statistics per emotion and polarity, and writes the published format.
+On the same graph and settings the vectors equal `rebuild`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.errors import InputError
+from amygdala_daemon.core.stats import Welford
+from amygdala_daemon.seed.pairs import POLARITIES, ProgressFactory, read_training_dir
+from amygdala_daemon.store.generations import replace_flat
+
+
+def _missing(counts: dict[str, int]) -> str | None:
+    empty = [polarity for polarity in POLARITIES if counts[polarity] == 0]
+    return f"no {' and no '.join(p + 's' for p in empty)}" if empty else None
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    manifest_path: Path
+    concepts: list[str]
+    layers: list[int]
+    skipped: dict[str, str] = field(default_factory=dict)
+    examples: int = 0
+    distinct_texts: int = 0
+    forward_sequences: int = 0
+    failed: list[str] = field(default_factory=list)
+    stripped: int = 0
+
+
+def _target_layers(layers: list[int], n_layers: int, flag: str) -> list[int]:
+    """Checked here to name the flag in the message, resolved by the extractor's own rule."""
+    from amygdala_daemon.model.extractor import default_layers, resolve_layers
+
+    for layer in layers:
+        if not -n_layers <= layer < n_layers:
+            raise InputError(
+                f"{flag}: layer {layer} is out of range for a model with {n_layers} decoder "
+                f"blocks (accepted: {-n_layers}..{n_layers - 1})"
+            )
+    return resolve_layers(layers, n_layers) if layers else default_layers(n_layers)
+
+
+Rows = dict[str, list[npt.NDArray[np.float32]]]
+
+
+def _fold_emotion(
+    rows: Rows, layers: list[int], method: str, evaluation_sample: int
+) -> tuple[npt.NDArray[np.float64], dict[str, int], dict[str, dict[str, float]]]:
+    """Unit direction, counts and calibration of one emotion, as the daemon computes them."""
+    from amygdala_daemon.core.vectors import calibrate, direction
+
+    stats = {p: Welford.empty(rows[p][0].shape) for p in POLARITIES}
+    for polarity in POLARITIES:
+        for row in rows[polarity]:
+            stats[polarity].add(row)
+    unit = direction(stats["positive"], stats["negative"], method)
+    # Means are exact; the spread needs the projections themselves, on a bounded sample.
+    spread = {}
+    for polarity in POLARITIES:
+        sample = np.stack(rows[polarity][:evaluation_sample]).astype(np.float64)
+        projections = np.einsum("nlh,lh->nl", sample, unit)
+        spread[polarity] = (
+            projections.std(axis=0, ddof=1) if len(sample) > 1 else np.zeros(len(layers))
+        )
+    calibration = {
+        str(layer): calibrate(
+            unit[i],
+            stats["positive"].mean[i],
+            stats["negative"].mean[i],
+            float(spread["positive"][i]),
+            float(spread["negative"][i]),
+        ).as_dict()
+        for i, layer in enumerate(layers)
+    }
+    return unit, {"n_pos": stats["positive"].count, "n_neg": stats["negative"].count}, calibration
+
+
+def _none_left(skipped: dict[str, str]) -> InputError:
+    listed = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+    return InputError(f"no emotion has both positives and negatives ({listed})")
+
+
+def train(
+    config: Config,
+    training_dir: Path,
+    output: Path,
+    manifest_path: Path | None = None,
+    *,
+    layers_flag: str = "config: model.layers",
+    progress: ProgressFactory | None = None,
+) -> TrainResult:
+    """Vectors from a training directory, with the model, layers and batching of `config.model`.
+
+    `layers_flag` names where the layers came from, for the out-of-range message.
+    """
+    from amygdala_daemon.core.manifest import LAYER_CONVENTION, Release
+    from amygdala_daemon.model.extractor import Extractor, find_decoder_blocks
+    from amygdala_daemon.model.loading import load_model
+    from amygdala_daemon.store.generations import serialize
+
+    manifest_path = manifest_path or output.with_name("manifest.json")
+    if manifest_path.resolve() == output.resolve():
+        raise InputError(f"--manifest: {manifest_path} is the --output file")
+    # Bad input fails here, before the model loads.
+    training = read_training_dir(training_dir)
+    skipped = {
+        name: reason
+        for name, texts in training.texts.items()
+        if (reason := _missing({p: len(texts[p]) for p in POLARITIES}))
+    }
+    usable = [name for name in training.texts if name not in skipped]
+    if not usable:
+        raise _none_left(skipped)
+    # Each distinct text goes through the model once, however many emotions list it.
+    slot: dict[str, int] = {}
+    for name in usable:
+        for polarity in POLARITIES:
+            for text in training.texts[name][polarity]:
+                slot.setdefault(text, len(slot))
+    texts = list(slot)
+
+    model = config.model
+    if model.threads:
+        import torch
+
+        torch.set_num_threads(model.threads)
+    loaded = load_model(model, config.state_path)
+    layers = _target_layers(model.layers, len(find_decoder_blocks(loaded.model)), layers_flag)
+    extractor = Extractor(
+        loaded.model,
+        loaded.tokenizer,
+        layers,
+        pooling=model.pooling,
+        sink_norm_ratio=model.sink_norm_ratio,
+        max_tokens=model.max_tokens,
+        batch_tokens=model.batch_tokens,
+        batch_size=model.batch_size,
+    )
+    # Every pooled activation stays in memory ([distinct texts, layers, hidden] float32) until
+    # the fold: calibration needs them again once the directions exist.
+    bar = progress(len(texts), "extracting") if progress is not None else None
+    try:
+        extractions = extractor.extract(texts, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    failed = [f"{t[:60]!r}: {e.error}" for t, e in zip(texts, extractions, strict=True) if e.error]
+
+    units: dict[str, npt.NDArray[np.float64]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    calibration: dict[str, dict[str, dict[str, float]]] = {}
+    for name in usable:
+        # An example whose text failed extraction drops out, like a quarantined node.
+        rows: Rows = {
+            p: [
+                a
+                for t in training.texts[name][p]
+                if (a := extractions[slot[t]].activations) is not None
+            ]
+            for p in POLARITIES
+        }
+        reason = _missing({p: len(rows[p]) for p in POLARITIES})
+        if reason:
+            skipped[name] = f"{reason} left after failed extractions"
+            continue
+        units[name], counts[name], calibration[name] = _fold_emotion(
+            rows, layers, config.vectors.method, config.vectors.evaluation_sample
+        )
+    concepts = list(units)
+    if not concepts:
+        raise _none_left(skipped)
+    skipped = dict(sorted(skipped.items()))
+    manifest: dict[str, Any] = {
+        "format": "amygdala-readout/1",
+        "source": "train",
+        "training_data": str(training_dir),
+        "concepts": concepts,
+        "layers": layers,
+        "model_id": loaded.model_id,
+        "model_revision": loaded.revision,
+        "model_dtype": str(loaded.dtype).removeprefix("torch."),
+        "hidden_size": extractor.hidden_size,
+        "dtype": config.vectors.dtype,
+        "layer_convention": LAYER_CONVENTION,
+        "method": config.vectors.method,
+        "pooling": model.pooling,
+        # Not a daemon generation: those count from 1.
+        "generation": 0,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "counts": counts,
+        "unpublished": skipped,
+        "calibration": calibration,
+    }
+    vectors = {
+        layer: np.stack([units[name][i] for name in concepts]) for i, layer in enumerate(layers)
+    }
+    vectors_bytes, manifest_bytes = serialize(Release(vectors, manifest), config.vectors.dtype)
+    replace_flat(output, vectors_bytes)
+    replace_flat(manifest_path, manifest_bytes)
+    return TrainResult(
+        output=output,
+        manifest_path=manifest_path,
+        concepts=concepts,
+        layers=layers,
+        skipped=skipped,
+        examples=sum(c["n_pos"] + c["n_neg"] for c in counts.values()),
+        distinct_texts=len(texts),
+        forward_sequences=extractor.counters.sequences,
+        failed=failed,
+        stripped=training.stripped,
+    )

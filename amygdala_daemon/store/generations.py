@@ -1,0 +1,202 @@
+"""Generation directories on disk: written, fsynced, swapped in atomically, pruned, rolled back.
+
+Layout under `<state_dir>/published/`:
+
+    gen-000007/vectors.safetensors   one `layer_<idx>.vectors` tensor per layer, manifest embedded
+    gen-000007/manifest.json
+    current -> gen-000007            swapped by rename of a fresh symlink (atomic)
+
+Flat copies for vLLM are replaced by rename too, never written in place: a reader that has
+the old inode mmapped keeps a valid file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from amygdala_daemon.core.errors import InputError
+from amygdala_daemon.core.manifest import Release, layer_key
+
+VECTORS_FILE = "vectors.safetensors"
+MANIFEST_FILE = "manifest.json"
+_GENERATION = re.compile(r"^gen-(\d{6,})$")
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        loaded: dict[str, Any] = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return loaded
+
+
+def current_manifest(published: Path) -> dict[str, Any] | None:
+    return read_manifest(published / "current")
+
+
+def generations(published: Path) -> list[int]:
+    if not published.is_dir():
+        return []
+    found = (_GENERATION.match(p.name) for p in published.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def generation_dir(published: Path, generation: int) -> Path:
+    return published / f"gen-{generation:06d}"
+
+
+# -- building ---------------------------------------------------------------------------
+
+
+def _previous_vectors(published: Path) -> dict[str, npt.NDArray[np.float64]]:
+    """Per concept `[n_layers, hidden]` from the current generation, for stale rows."""
+    manifest = current_manifest(published)
+    if manifest is None:
+        return {}
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(published / "current" / VECTORS_FILE))
+    except (OSError, ValueError):
+        return {}
+    layers = manifest["layers"]
+    out = {}
+    for row, name in enumerate(manifest["concepts"]):
+        out[name] = np.stack(
+            [tensors[layer_key(layer)][row].astype(np.float64) for layer in layers]
+        )
+    return out
+
+
+def fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, 0o644)
+
+
+def replace_flat(target: Path, data: bytes) -> None:
+    """Write beside `target`, then rename over it: never an in-place write."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    write_file(temp, data)
+    os.replace(temp, target)
+    fsync_dir(target.parent)
+
+
+def serialize(release: Release, dtype: str) -> tuple[bytes, bytes]:
+    """The safetensors bytes (manifest embedded) and the manifest.json bytes."""
+    import torch
+    from safetensors.torch import save
+
+    manifest_text = json.dumps(release.manifest, indent=2, sort_keys=True)
+    torch_dtype = getattr(torch, dtype)
+    tensors = {
+        layer_key(layer): torch.from_numpy(np.ascontiguousarray(rows, np.float32)).to(torch_dtype)
+        for layer, rows in release.vectors.items()
+    }
+    vectors = save(tensors, metadata={"manifest": manifest_text})
+    return vectors, (manifest_text + "\n").encode()
+
+
+def swap_current(published: Path, generation: int) -> None:
+    """Point `current` at a generation: a new symlink renamed over the old one."""
+    link = published / f".current.tmp-{os.getpid()}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(generation_dir(published, generation).name, link)
+    os.replace(link, published / "current")
+    fsync_dir(published)
+
+
+def write_generation(
+    release: Release,
+    published: Path,
+    dtype: str,
+    keep: int,
+    vectors_path: str = "",
+    manifest_path: str = "",
+) -> Path:
+    """Write, fsync, swap `current`, refresh flat copies, prune old generations."""
+    generation = int(release.manifest["generation"])
+    published.mkdir(parents=True, exist_ok=True)
+    final = generation_dir(published, generation)
+    partial = published / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    vectors, manifest = serialize(release, dtype)
+    write_file(partial / VECTORS_FILE, vectors)
+    write_file(partial / MANIFEST_FILE, manifest)
+    os.chmod(partial, 0o755)
+    fsync_dir(partial)
+    os.replace(partial, final)
+    fsync_dir(published)
+    swap_current(published, generation)
+    if vectors_path:
+        replace_flat(Path(vectors_path), vectors)
+    if manifest_path:
+        replace_flat(Path(manifest_path), manifest)
+    prune(published, keep)
+    return final
+
+
+def prune(published: Path, keep: int) -> list[int]:
+    """Remove all but the newest `keep` generations; never the one `current` points to."""
+    current = (
+        os.path.basename(os.readlink(published / "current"))
+        if (published / "current").is_symlink()
+        else ""
+    )
+    removed = []
+    for generation in generations(published)[:-keep]:
+        path = generation_dir(published, generation)
+        if path.name != current:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(generation)
+    for leftover in published.glob(".*.partial"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return removed
+
+
+def rollback(
+    published: Path, generation: int | None, vectors_path: str = "", manifest_path: str = ""
+) -> int:
+    """Point `current` at `generation`, or at the one before the current one.
+
+    The flat copies, when configured, are replaced by the chosen generation's files too.
+    """
+    available = generations(published)
+    manifest = current_manifest(published)
+    if generation is None:
+        now = int(manifest["generation"]) if manifest else None
+        older = [g for g in available if now is None or g < now]
+        if not older:
+            raise InputError("rollback: there is no earlier generation to go back to")
+        generation = older[-1]
+    if generation not in available:
+        listed = ", ".join(str(g) for g in available) or "none"
+        raise InputError(f"rollback: generation {generation} does not exist (kept: {listed})")
+    swap_current(published, generation)
+    chosen = generation_dir(published, generation)
+    if vectors_path:
+        replace_flat(Path(vectors_path), (chosen / VECTORS_FILE).read_bytes())
+    if manifest_path:
+        replace_flat(Path(manifest_path), (chosen / MANIFEST_FILE).read_bytes())
+    return generation

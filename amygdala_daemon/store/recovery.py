@@ -1,0 +1,41 @@
+"""Bringing a fold back from the state directory: checkpoint plus replay, or a full refold.
+
+No model is needed for any of it: the ledger holds every pooled activation.
+"""
+
+from __future__ import annotations
+
+from amygdala_daemon.core.config import Config, LabelsConfig
+from amygdala_daemon.core.fold import Accumulators
+from amygdala_daemon.core.labels import is_eligible
+from amygdala_daemon.core.manifest import ModelInfo
+from amygdala_daemon.core.paths import StatePaths
+from amygdala_daemon.store.checkpoint import load_checkpoint
+from amygdala_daemon.store.ledger import Ledger
+
+
+def refold(ledger: Ledger, shape: tuple[int, int], labels: LabelsConfig) -> Accumulators:
+    """The fold of every live entry in the ledger, under `labels`. No model needed."""
+    concepts: set[str] = set()
+    for _, tags, content in ledger.live_labels():
+        if is_eligible(tags, content, labels):
+            concepts.update(tags)
+    return Accumulators.from_entries(ledger.live_entries(), concepts, shape, labels, ledger.seq)
+
+
+def recover_fold(ledger: Ledger, config: Config, shape: tuple[int, int]) -> Accumulators:
+    """Checkpoint plus replay of newer ledger rows; a full refold if the checkpoint is unusable."""
+    labels = config.labels
+    fold = load_checkpoint(StatePaths(config.state_path).checkpoint, labels, shape)
+    if fold is None or fold.ledger_seq > ledger.seq:
+        return refold(ledger, shape, labels)
+    for change in ledger.changes_since(fold.ledger_seq):
+        fold.apply(change, ledger)
+    fold.ledger_seq = ledger.seq
+    return fold
+
+
+def stored_model_info(ledger: Ledger) -> ModelInfo | None:
+    """The model the ledger's activations came from; None before the first entry."""
+    text = ledger.get_meta("model")
+    return None if text is None else ModelInfo.from_json(text)

@@ -1,0 +1,126 @@
+"""Read-only views of a state directory: no writer lock, so they work while the daemon runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.paths import StatePaths
+from amygdala_daemon.sources import open_source
+from amygdala_daemon.sources.base import diff
+from amygdala_daemon.sources.errors import SourceError
+from amygdala_daemon.store.generations import current_manifest
+from amygdala_daemon.store.ledger import Ledger
+from amygdala_daemon.store.lock import lock_holder
+from amygdala_daemon.store.recovery import recover_fold, stored_model_info
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What a running daemon already knows of its source, so status need not read it again."""
+
+    description: str
+    backlog: int | None
+    error: str | None
+
+
+def status_report(config: Config, source_state: SourceState | None = None) -> dict[str, Any]:
+    """The `status --json` object (DESIGN.md "Machine-readable contracts").
+
+    Without `source_state` the source is read once to count the backlog.
+    """
+    state = config.state_path
+    manifest = current_manifest(StatePaths(state).published)
+    report: dict[str, Any] = {
+        "state_dir": str(state),
+        "generation": None if manifest is None else manifest["generation"],
+        "ledger_seq": 0,
+        "backlog": 0,
+        "nodes": {"applied": 0, "quarantined": 0, "ineligible": 0},
+        "concepts": [],
+        "quarantined": [],
+        "writer_pid": lock_holder(state),
+        "source": None,
+        "source_error": None,
+    }
+    ledger_path = StatePaths(state).ledger
+    known: Mapping[str, str] = {}
+    if ledger_path.exists():
+        ledger = Ledger(ledger_path, readonly=True)
+        try:
+            # One read transaction: the checkpoint replay and the counts see one ledger state.
+            ledger.conn.execute("BEGIN")
+            known = ledger.known_hashes()
+            statuses = ledger.status_counts()
+            report["ledger_seq"] = ledger.seq
+            report["quarantined"] = [
+                {"id": node_id, "reason": reason} for node_id, reason in ledger.quarantined()
+            ]
+            info = stored_model_info(ledger)
+            applied = 0
+            if info is not None:
+                fold = recover_fold(ledger, config, (len(info.layers), info.hidden_size))
+                applied = fold.total.count
+                published = set(manifest["concepts"]) if manifest else set()
+                report["concepts"] = [
+                    {
+                        "name": c.name,
+                        "n_pos": c.n_pos,
+                        "n_neg": c.n_neg,
+                        "published": c.name in published,
+                    }
+                    for c in sorted(fold.counts(), key=lambda c: (-c.n_pos, c.name))
+                ]
+            stored = statuses.get("stored", 0)
+            report["nodes"] = {
+                "applied": applied,
+                "quarantined": statuses.get("quarantined", 0),
+                "ineligible": statuses.get("ineligible", 0) + stored - applied,
+            }
+            ledger.conn.execute("COMMIT")
+        finally:
+            ledger.close()
+    if source_state is not None:
+        report["source"] = source_state.description
+        report["backlog"] = source_state.backlog
+        report["source_error"] = source_state.error
+        return report
+    try:
+        source = open_source(config.source)
+        report["source"] = source.describe()
+        report["backlog"] = len(diff(source.snapshot(), known))
+    except SourceError as exc:
+        report["source_error"] = str(exc)
+        report["backlog"] = None
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The human-readable status."""
+    nodes = report["nodes"]
+    lines = [
+        f"state dir:   {report['state_dir']}"
+        + (f" (writer pid {report['writer_pid']})" if report["writer_pid"] else ""),
+        f"source:      {report['source'] or '?'}"
+        + (f"  (error: {report['source_error']})" if report["source_error"] else ""),
+        f"generation:  {report['generation'] if report['generation'] is not None else 'none yet'}",
+        f"ledger seq:  {report['ledger_seq']}",
+        f"backlog:     {report['backlog'] if report['backlog'] is not None else 'unknown'}",
+        f"nodes:       {nodes['applied']} applied, {nodes['ineligible']} ineligible, "
+        f"{nodes['quarantined']} quarantined",
+    ]
+    if report["concepts"]:
+        lines.append("")
+        lines.append(f"{'concept':<20} {'n_pos':>6} {'n_neg':>6}  published")
+        for concept in report["concepts"]:
+            mark = "yes" if concept["published"] else "-"
+            lines.append(
+                f"{concept['name']:<20} {concept['n_pos']:>6} {concept['n_neg']:>6}  {mark}"
+            )
+    if report["quarantined"]:
+        lines.append("")
+        lines.append("quarantined:")
+        lines.extend(f"  {q['id']}: {q['reason']}" for q in report["quarantined"])
+    return "\n".join(lines)
