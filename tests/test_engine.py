@@ -203,7 +203,8 @@ def test_checkpoint_is_atomic_and_rejected_under_other_settings(
         assert loaded is not None and loaded.ledger_seq == engine.fold.ledger_seq
         assert_same_fold(engine.fold, loaded, rtol=0)
         assert load_checkpoint(path, LabelsConfig(min_positive_score=9), engine.fold.shape) is None
-        assert not list(config.state_path.glob("*.tmp"))
+        assert not list(config.state_path.glob("*.tmp*"))
+        assert not list(config.state_path.glob(".*.tmp*"))
         path.write_bytes(b"garbage")
         assert load_checkpoint(path, config.labels, engine.fold.shape) is None
         assert_same_fold(engine.fold, refold(engine.ledger, engine.fold.shape, config.labels))

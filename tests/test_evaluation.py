@@ -20,7 +20,7 @@ from amygdala_daemon.core.evaluation import (
     sample_key,
 )
 from amygdala_daemon.core.fold import Accumulators
-from amygdala_daemon.core.quality import held_out_bucket
+from amygdala_daemon.core.sampling import held_out_bucket
 from amygdala_daemon.core.stats import Welford
 from amygdala_daemon.core.vectors import direction
 from amygdala_daemon.engine.writer import Engine

@@ -68,4 +68,3 @@ class DeleteNode:
 
 
 Write = StoreEntry | SetStatus | DeleteNode
-

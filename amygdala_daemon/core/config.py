@@ -322,5 +322,3 @@ def _validate_mcp(source: SourceConfig) -> None:
 def from_dict(table: dict[str, Any]) -> Config:
     config: Config = _build(Config, table, "")
     return validate(config)
-
-

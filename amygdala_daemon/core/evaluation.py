@@ -21,7 +21,6 @@ is why a publish reuses the last evaluation until `evaluation_due` says it is ou
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from amygdala_daemon.core.labels import is_eligible, label_node
-from amygdala_daemon.core.quality import N_FOLDS, Scores
+from amygdala_daemon.core.quality import Scores
+from amygdala_daemon.core.sampling import N_FOLDS, sample_key
 from amygdala_daemon.core.vectors import unit_difference
 
 if TYPE_CHECKING:
@@ -53,11 +53,6 @@ class EntryStore(Protocol):
     def live_labels(self) -> Iterator[tuple[str, dict[str, float], str]]: ...
 
     def sample_live_entries(self, node_ids: list[str]) -> Iterator[Entry]: ...
-
-
-def sample_key(node_id: str) -> str:
-    """Sample order, and (mod `N_FOLDS`) the held-out bucket: see `quality.held_out_bucket`."""
-    return hashlib.sha256(node_id.encode()).hexdigest()
 
 
 # -- the sample -----------------------------------------------------------------------------

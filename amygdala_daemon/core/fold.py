@@ -122,5 +122,3 @@ def _add(accumulator: Welford, sample: np.ndarray) -> None:
 
 def _remove(accumulator: Welford, sample: np.ndarray) -> None:
     accumulator.remove(sample)
-
-

@@ -19,6 +19,8 @@ LAYER_CONVENTION = (
     "block_output: layer i is the output of decoder block i (0-based), i.e. Hugging Face "
     "hidden_states[i + 1] and vLLM hidden_states + residual after layer i"
 )
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Where the activations came from; recorded in the ledger and every manifest."""
@@ -64,5 +66,3 @@ def settings_fingerprint(config: Config, model: ModelInfo) -> str:
 
 
 # -- reading ----------------------------------------------------------------------------
-
-

@@ -1,10 +1,10 @@
 """Where everything lives inside a state directory: one object, so no module spells a name.
 
-    <state_dir>/ledger.sqlite3        the source of truth (SQLite, WAL)
-    <state_dir>/accumulators.npz      the fold's checkpoint
-    <state_dir>/writer.lock           the one-writer lock
-    <state_dir>/models/               converted copies of bundled models
-    <state_dir>/published/            generations and the `current` symlink
+<state_dir>/ledger.sqlite3        the source of truth (SQLite, WAL)
+<state_dir>/accumulators.npz      the fold's checkpoint
+<state_dir>/writer.lock           the one-writer lock
+<state_dir>/models/               converted copies of bundled models
+<state_dir>/published/            generations and the `current` symlink
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ activations (a node scored on a direction fit without its bucket).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,9 +14,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from amygdala_daemon.core.sampling import N_FOLDS
+
 Array = npt.NDArray[np.float64]
 
-N_FOLDS = 5
 HELD_OUT_SCHEME = f"{N_FOLDS}-fold: bucket = sha256(node id) mod {N_FOLDS}"
 
 
@@ -57,11 +57,6 @@ def cohens_d(positives: npt.ArrayLike, negatives: npt.ArrayLike) -> float:
     if pooled_std == 0.0:
         return math.nan
     return float(pos.mean() - neg.mean()) / pooled_std
-
-
-def held_out_bucket(node_id: str, n_folds: int = N_FOLDS) -> int:
-    """The bucket a node is scored in; stable across runs, machines and Python versions."""
-    return int(hashlib.sha256(node_id.encode()).hexdigest(), 16) % n_folds
 
 
 # -- cross-talk and co-occurrence -----------------------------------------------------------

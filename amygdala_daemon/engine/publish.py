@@ -162,5 +162,3 @@ def _carried_over(previous: dict[str, Any], rows: list[str], layers: list[int]) 
 
 
 # -- writing ----------------------------------------------------------------------------
-
-

@@ -12,7 +12,6 @@ writes a directory of examples:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,9 +24,10 @@ from typing import Any
 from amygdala_daemon.core.config import LabelsConfig
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.labels import KnownConcepts, is_eligible, label_node
+from amygdala_daemon.core.sampling import sample_key
 from amygdala_daemon.core.tags import parse_text
 from amygdala_daemon.sources import MemorySource, SourceNode
-from amygdala_daemon.store.generations import write_file
+from amygdala_daemon.store.atomic import write_file
 
 PAIRS_FORMAT = "amygdala-pairs/1"
 INDEX_FILE = "index.json"
@@ -51,11 +51,6 @@ class Example:
     def to_line(self) -> str:
         record = {"id": self.id, "text": self.text, "score": self.score}
         return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def cap_key(node_id: str) -> str:
-    """Where a node falls in the cap order: stable for a given id, unrelated to its content."""
-    return hashlib.sha256(node_id.encode("utf-8")).hexdigest()
 
 
 def collect_pairs(
@@ -87,7 +82,7 @@ def collect_pairs(
 
 def cap_examples(examples: list[Example], limit: int | None) -> list[Example]:
     """All examples in cap order, or the first `limit` of them."""
-    ordered = sorted(examples, key=lambda e: (cap_key(e.id), e.id))
+    ordered = sorted(examples, key=lambda e: (sample_key(e.id), e.id))
     return ordered if limit is None else ordered[:limit]
 
 

@@ -19,7 +19,7 @@ from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.stats import Welford
 from amygdala_daemon.seed.pairs import POLARITIES, ProgressFactory, read_training_dir
-from amygdala_daemon.store.generations import replace_flat
+from amygdala_daemon.store.atomic import replace_file
 
 
 def _missing(counts: dict[str, int]) -> str | None:
@@ -209,8 +209,8 @@ def train(
         layer: np.stack([units[name][i] for name in concepts]) for i, layer in enumerate(layers)
     }
     vectors_bytes, manifest_bytes = serialize(Release(vectors, manifest), config.vectors.dtype)
-    replace_flat(output, vectors_bytes)
-    replace_flat(manifest_path, manifest_bytes)
+    replace_file(output, vectors_bytes)
+    replace_file(manifest_path, manifest_bytes)
     return TrainResult(
         output=output,
         manifest_path=manifest_path,

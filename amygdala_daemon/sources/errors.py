@@ -9,5 +9,3 @@ class SourceError(AmygdalaError):
     """The source as a whole cannot be read right now (missing file, server down)."""
 
     exit_code = 2
-
-

@@ -1,17 +1,17 @@
-"""The fold's checkpoint: an `.npz` written atomically, stamped with the ledger sequence it holds.
-"""
+"""The fold's checkpoint: an `.npz` written atomically, stamped with the ledger sequence."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from amygdala_daemon.core.config import LabelsConfig
 from amygdala_daemon.core.fold import Accumulators, fold_fingerprint
 from amygdala_daemon.core.stats import Welford
+from amygdala_daemon.store.atomic import replace_with
 
 
 def _stack(welfords: list[Welford], shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
@@ -27,37 +27,27 @@ def save_checkpoint(fold: Accumulators, path: Path) -> None:
     names = fold.concepts
     pos = _stack([fold.positive[n] for n in names], fold.shape)
     exc = _stack([fold.excluded[n] for n in names], fold.shape)
-    temp = path.with_name(path.name + ".tmp")
-    with open(temp, "wb") as handle:
-        np.savez(
-            handle,
-            meta=np.array(
-                json.dumps(
-                    {
-                        "ledger_seq": fold.ledger_seq,
-                        "concepts": names,
-                        "fingerprint": fold_fingerprint(fold.labels, fold.shape),
-                    }
-                )
-            ),
-            total_count=np.array(fold.total.count, np.int64),
-            total_mean=fold.total.mean,
-            total_m2=fold.total.m2,
-            pos_count=pos[0],
-            pos_mean=pos[1],
-            pos_m2=pos[2],
-            exc_count=exc[0],
-            exc_mean=exc[1],
-            exc_m2=exc[2],
-        )
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    arrays: dict[str, Any] = {
+        "meta": np.array(
+            json.dumps(
+                {
+                    "ledger_seq": fold.ledger_seq,
+                    "concepts": names,
+                    "fingerprint": fold_fingerprint(fold.labels, fold.shape),
+                }
+            )
+        ),
+        "total_count": np.array(fold.total.count, np.int64),
+        "total_mean": fold.total.mean,
+        "total_m2": fold.total.m2,
+        "pos_count": pos[0],
+        "pos_mean": pos[1],
+        "pos_m2": pos[2],
+        "exc_count": exc[0],
+        "exc_mean": exc[1],
+        "exc_m2": exc[2],
+    }
+    replace_with(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_checkpoint(

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.manifest import Release, layer_key
+from amygdala_daemon.store.atomic import fsync_dir, replace_file, write_file
 
 VECTORS_FILE = "vectors.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -76,31 +77,6 @@ def _previous_vectors(published: Path) -> dict[str, npt.NDArray[np.float64]]:
     return out
 
 
-def fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(path, 0o644)
-
-
-def replace_flat(target: Path, data: bytes) -> None:
-    """Write beside `target`, then rename over it: never an in-place write."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    write_file(temp, data)
-    os.replace(temp, target)
-    fsync_dir(target.parent)
-
-
 def serialize(release: Release, dtype: str) -> tuple[bytes, bytes]:
     """The safetensors bytes (manifest embedded) and the manifest.json bytes."""
     import torch
@@ -150,9 +126,9 @@ def write_generation(
     fsync_dir(published)
     swap_current(published, generation)
     if vectors_path:
-        replace_flat(Path(vectors_path), vectors)
+        replace_file(Path(vectors_path), vectors)
     if manifest_path:
-        replace_flat(Path(manifest_path), manifest)
+        replace_file(Path(manifest_path), manifest)
     prune(published, keep)
     return final
 
@@ -196,7 +172,7 @@ def rollback(
     swap_current(published, generation)
     chosen = generation_dir(published, generation)
     if vectors_path:
-        replace_flat(Path(vectors_path), (chosen / VECTORS_FILE).read_bytes())
+        replace_file(Path(vectors_path), (chosen / VECTORS_FILE).read_bytes())
     if manifest_path:
-        replace_flat(Path(manifest_path), (chosen / MANIFEST_FILE).read_bytes())
+        replace_file(Path(manifest_path), (chosen / MANIFEST_FILE).read_bytes())
     return generation

@@ -7,7 +7,6 @@ cache aside, which `probe` creates too).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from amygdala_daemon.core.quality import (
     recommend_layers,
     rule_of_thumb_layers,
 )
+from amygdala_daemon.core.sampling import sample_key
 from amygdala_daemon.core.tags import parse_text
 from amygdala_daemon.sources import open_source
 
@@ -69,7 +69,7 @@ def sample_eligible(config: Config, size: int) -> tuple[list[SampledNode], int]:
         parsed = parse_text(node.text, config.concepts.aliases)
         if is_eligible(parsed.tags, parsed.content, config.labels):
             eligible.append(SampledNode(node.id, parsed.tags, parsed.content))
-    eligible.sort(key=lambda n: hashlib.sha256(n.node_id.encode()).hexdigest())
+    eligible.sort(key=lambda n: sample_key(n.node_id))
     chosen = eligible if size <= 0 else eligible[:size]
     return chosen, len(eligible)
 
