@@ -1,11 +1,15 @@
 PY ?= .venv/bin/python
 
-.PHONY: all test lint types format
+.PHONY: all test test-fast lint types format
 
 all: lint types test
 
 test:
 	$(PY) -m pytest -q
+
+# Everything but the real model, daemon subprocesses and other long runs: minutes, not ten.
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
 
 lint:
 	$(PY) -m ruff check amygdala_daemon tests benchmarks

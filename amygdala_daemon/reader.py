@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from amygdala_daemon.core.manifest import VECTORS_FILE, Manifest, layer_key, parse_manifest
+
 log = logging.getLogger(__name__)
 
-VECTORS_FILE = "vectors.safetensors"
-MANIFEST_FILE = "manifest.json"
 # bfloat16 and float16 rows are unit norm only to their precision.
 NORM_TOLERANCE = 1e-2
 
@@ -49,7 +49,7 @@ class Readout:
     concepts: list[str]
     layers: list[int]
     generation: int | None
-    manifest: dict[str, Any] = field(repr=False)
+    manifest: Manifest = field(repr=False)
     path: str = ""
 
 
@@ -102,19 +102,19 @@ def load_readout(
         raise ReadoutError(f"cannot read {vectors_path}: {exc.strerror}") from None
     header = _header(data)
     try:
-        manifest: dict[str, Any] = json.loads(header["__metadata__"]["manifest"])
+        manifest = parse_manifest(json.loads(header["__metadata__"]["manifest"]))
         concepts = [str(c) for c in manifest["concepts"]]
         layers = [int(layer) for layer in manifest["layers"]]
         hidden = int(manifest["hidden_size"])
     except (KeyError, TypeError, ValueError):
         raise ReadoutError("the embedded manifest is missing or incomplete") from None
     tensors = _tensors(data, header)
-    expected = {f"layer_{layer}.vectors" for layer in layers}
+    expected = {layer_key(layer) for layer in layers}
     if set(tensors) != expected:
         raise ReadoutError(f"tensor keys {sorted(tensors)} do not match layers {layers}")
     vectors: dict[int, npt.NDArray[np.float32]] = {}
     for layer in layers:
-        rows = tensors[f"layer_{layer}.vectors"]
+        rows = tensors[layer_key(layer)]
         if rows.shape != (len(concepts), hidden):
             raise ReadoutError(
                 f"layer {layer} has shape {list(rows.shape)}, the manifest says "

@@ -167,7 +167,7 @@ def main() -> None:
     from amygdala_daemon.sources.jsonl import JsonlSource
     from amygdala_daemon.store.checkpoint import save_checkpoint
     from amygdala_daemon.store.ledger import Ledger
-    from amygdala_daemon.store.recovery import refold
+    from amygdala_daemon.store.recovery import fold_changes, refold
 
     work = args.work / "incremental"
     shutil.rmtree(work, ignore_errors=True)
@@ -193,8 +193,7 @@ def main() -> None:
 
         clock = Stopwatch()
         with clock.running():
-            for change in changes:
-                fold.apply(change, ledger)
+            fold_changes(fold, changes, ledger)
         fold_s = clock.wall
         # Keep the graph file in step with the ledger, for the next size's poll figure.
         with graph.open("a") as handle:

@@ -4,8 +4,9 @@ The accumulators are synthetic: a small ledger (random `[4, 5120]` float32 activ
 tags over 200 concepts, every concept positive on a few nodes) is refolded, then each
 concept's positives and exclusions and the global accumulator are merged with synthetic
 statistics standing for a much larger history. Publishing is what `Engine.publish` runs:
-`publisher.build_release` (directions, calibration, and the sampled evaluation when it is
-due) and `write_generation` (serialize, write, fsync, swap `current`, prune).
+`engine.publish.Publisher.publish`: the release (`core.release`: directions, calibration,
+and the sampled evaluation when it is due) and `write_generation` (serialize, write, fsync,
+swap `current`, prune).
 
 Two kinds of publish are timed, interleaved, in one run:
 - *routine*: 10 new nodes were applied since the last generation, as in the daemon; the
@@ -13,7 +14,7 @@ Two kinds of publish are timed, interleaved, in one run:
   `evaluation_due` finds them current;
 - *evaluating*: the same, with the sampled evaluation measured again (`force`).
 
-The time inside each stage is measured by wrapping the functions `publisher` calls, and one
+The time inside each stage is measured by wrapping the functions the publisher calls, and one
 publish of each kind is profiled with cProfile.
 
     .venv/bin/python benchmarks/publish_cost.py --threads 1
@@ -31,6 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +42,10 @@ WORDS = ["morning", "river", "letter", "garden", "window", "meeting", "kitchen",
 
 
 @contextmanager
-def stage_clocks(module: Any, names: list[str]) -> Iterator[dict[str, float]]:
-    """Accumulate wall time spent in `module.<name>` for each name, while open."""
+def stage_clocks(stages: list[tuple[Any, str]]) -> Iterator[dict[str, float]]:
+    """Accumulate wall time spent in `module.<name>` for each (module, name), while open."""
     spent: dict[str, float] = defaultdict(float)
-    originals = {name: getattr(module, name) for name in names}
+    originals = {(module, name): getattr(module, name) for module, name in stages}
 
     def wrap(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -56,11 +58,11 @@ def stage_clocks(module: Any, names: list[str]) -> Iterator[dict[str, float]]:
         return timed
 
     try:
-        for name, function in originals.items():
+        for (module, name), function in originals.items():
             setattr(module, name, wrap(name, function))
         yield spent
     finally:
-        for name, function in originals.items():
+        for (module, name), function in originals.items():
             setattr(module, name, function)
 
 
@@ -122,10 +124,13 @@ def main() -> None:
 
     import numpy as np
 
-    from amygdala_daemon import publisher
+    from amygdala_daemon.core import release
     from amygdala_daemon.core.config import from_dict
-    from amygdala_daemon.core.manifest import ModelInfo
+    from amygdala_daemon.core.manifest import MANIFEST_FILE, VECTORS_FILE, ModelInfo
+    from amygdala_daemon.engine import publish as publishing
+    from amygdala_daemon.store import generations
     from amygdala_daemon.store.checkpoint import load_checkpoint, save_checkpoint
+    from amygdala_daemon.store.recovery import fold_changes
 
     work = args.work / "publish"
     shutil.rmtree(work, ignore_errors=True)
@@ -146,43 +151,35 @@ def main() -> None:
         sink_norm_ratio=10.0,
         max_tokens=512,
     )
-    published = work / "published"
     print(
         f"{args.concepts} concepts x 4 layers x hidden {args.hidden}; ledger of "
         f"{args.ledger_nodes} entries; torch threads {threads}; setup {setup.wall:.1f} s"
     )
-    state = {"generation": 0, "next_node": args.ledger_nodes}
+    state = {"next_node": args.ledger_nodes}
 
     def new_nodes(count: int = 10) -> None:
         """What the daemon does between two publishes: apply a few nodes."""
         writes = make_writes(rng, names, state["next_node"], count, args.hidden)
         state["next_node"] += count
-        for change in ledger.apply(writes):
-            fold.apply(change, ledger)
+        fold_changes(fold, ledger.apply(writes), ledger)
+
+    publisher = publishing.Publisher(ledger, config, model)
 
     def publish(force_evaluation: bool) -> Path:
-        newest = max(publisher.generations(published), default=None)
-        previous = None
-        if newest is not None:
-            previous = publisher.read_manifest(publisher.generation_dir(published, newest))
-        state["generation"] += 1
-        release = publisher.build_release(
-            fold, ledger, config, model, published, state["generation"], previous, force_evaluation
-        )
-        return publisher.write_generation(
-            release, published, config.vectors.dtype, config.publish.keep
-        )
+        written = publisher.publish(fold, datetime.now(UTC), force=force_evaluation)
+        assert written is not None
+        return written
 
     stages = [
-        "select_concepts",
-        "direction",
-        "evaluation_due",
-        "evaluate",
-        "calibrate",
-        "serialize",
-        "write_file",
-        "swap_current",
-        "prune",
+        (publishing, "select_concepts"),
+        (release, "direction"),
+        (publishing, "evaluation_due"),
+        (publishing, "evaluate"),
+        (release, "calibrate"),
+        (generations, "serialize"),
+        (generations, "write_file"),
+        (generations, "swap_current"),
+        (generations, "prune"),
     ]
     kinds = {"routine": False, "evaluating": True}
     walls: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -191,18 +188,18 @@ def main() -> None:
     for _ in range(args.repeats):
         for kind, force in kinds.items():
             new_nodes()
-            with stage_clocks(publisher, stages) as spent:
+            with stage_clocks(stages) as spent:
                 clock = Stopwatch()
                 with clock.running():
                     written = publish(force)
             walls[kind].append(clock.wall)
             breakdowns[kind].append(dict(spent))
-            manifest = publisher.read_manifest(written)
+            manifest = generations.read_manifest(written)
             assert manifest is not None
             measured = manifest["evaluation"]["ledger_seq"] == manifest["ledger_seq"]
             assert measured == force, f"{kind}: evaluation measured {measured}"
-    size = (written / publisher.VECTORS_FILE).stat().st_size
-    manifest_size = (written / publisher.MANIFEST_FILE).stat().st_size
+    size = (written / VECTORS_FILE).stat().st_size
+    manifest_size = (written / MANIFEST_FILE).stat().st_size
 
     profiles: dict[str, list[str]] = {}
     for kind, force in kinds.items():
@@ -235,7 +232,8 @@ def main() -> None:
     for kind in kinds:
         median = statistics.median(walls[kind])
         stage_median = {
-            name: statistics.median(b.get(name, 0.0) for b in breakdowns[kind]) for name in stages
+            name: statistics.median(b.get(name, 0.0) for b in breakdowns[kind])
+            for _, name in stages
         }
         rest = statistics.median(
             wall - sum(b.values()) for wall, b in zip(walls[kind], breakdowns[kind], strict=True)

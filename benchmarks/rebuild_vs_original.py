@@ -240,7 +240,7 @@ def run_rebuild(
     try:
         load = Stopwatch()
         with load.running():
-            extractor = engine.extractor  # loads the model, as rebuild would
+            extractor = engine.load_model()  # loads the model, as rebuild would
         extract_clock = Stopwatch()
         inner = extractor.extract
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.store.config_file import load
+
+if TYPE_CHECKING:
+    # The subparsers object `add_subparsers` returns; generic only to type checkers.
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -8,13 +8,17 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amygdala_daemon import __version__
 from amygdala_daemon.cli.common import config_from_args, progress_bar
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.errors import AmygdalaError, InputError
 from amygdala_daemon.core.paths import StatePaths
+
+if TYPE_CHECKING:
+    from amygdala_daemon.cli.common import Subcommands
+    from amygdala_daemon.core.manifest import Manifest
 
 log = logging.getLogger("amygdala_daemon")
 
@@ -186,7 +190,7 @@ def _current_dir(config: Config) -> Path:
     return StatePaths(config.state_path).current
 
 
-def _current(config: Config) -> dict[str, Any] | None:
+def _current(config: Config) -> Manifest | None:
     from amygdala_daemon.store.generations import current_manifest
 
     return current_manifest(StatePaths(config.state_path).published)
@@ -205,7 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", help="state directory (overrides state_dir in the config)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # The order here is the order `--help` lists them in.
+    _add_run(commands)
+    _add_rebuild(commands)
+    _add_publish(commands)
+    _add_status(commands)
+    _add_probe(commands)
+    _add_rollback(commands)
 
+    from amygdala_daemon.cli.seed import add_seed_commands
+
+    add_seed_commands(commands)
+
+    from amygdala_daemon.cli.quality import add_quality_commands
+
+    add_quality_commands(commands)
+    return parser
+
+
+def _add_run(commands: Subcommands) -> None:
     run = commands.add_parser(
         "run",
         help="watch the graph and keep the vectors fresh (foreground, for systemd)",
@@ -220,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+
+def _add_rebuild(commands: Subcommands) -> None:
     rebuild = commands.add_parser(
         "rebuild",
         help="recompute everything from the source, then publish",
@@ -233,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rebuild.set_defaults(func=cmd_rebuild)
 
+
+def _add_publish(commands: Subcommands) -> None:
     publish = commands.add_parser(
         "publish",
         help="publish a new generation now",
@@ -241,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--force", action="store_true", help="publish even if nothing changed")
     publish.set_defaults(func=cmd_publish)
 
+
+def _add_status(commands: Subcommands) -> None:
     status = commands.add_parser(
         "status",
         help="counts per concept, backlog, last generation, quarantined nodes",
@@ -249,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
     status.set_defaults(func=cmd_status)
 
+
+def _add_probe(commands: Subcommands) -> None:
     probe = commands.add_parser(
         "probe",
         help="project text onto the current vectors",
@@ -263,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--top", type=int, default=5, help="concepts shown per text (default 5)")
     probe.set_defaults(func=cmd_probe)
 
+
+def _add_rollback(commands: Subcommands) -> None:
     rollback = commands.add_parser(
         "rollback",
         help="point `current` back to an earlier generation",
@@ -270,15 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("generation", nargs="?", type=int, metavar="GEN")
     rollback.set_defaults(func=cmd_rollback)
-
-    from amygdala_daemon.cli.seed import add_seed_commands
-
-    add_seed_commands(commands)
-
-    from amygdala_daemon.cli.quality import add_quality_commands
-
-    add_quality_commands(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

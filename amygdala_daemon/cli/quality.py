@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amygdala_daemon.cli.common import config_from_args
 from amygdala_daemon.core.errors import InputError
+
+if TYPE_CHECKING:
+    from amygdala_daemon.cli.common import Subcommands
 
 
 def _check_plots_dir(directory: str | None) -> Path | None:
@@ -21,7 +25,8 @@ def _check_plots_dir(directory: str | None) -> Path | None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from amygdala_daemon.views.report import build_report, format_report
+    from amygdala_daemon.views.report import build_report
+    from amygdala_daemon.views.report_table import format_report
 
     if not 0.0 <= args.crosstalk_threshold <= 1.0:
         raise InputError(
@@ -67,7 +72,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_quality_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_quality_commands(commands: Subcommands) -> None:
     """Add `report` and `layers` to the main parser's subcommands."""
     report = commands.add_parser(
         "report",
@@ -100,7 +105,7 @@ def add_quality_commands(commands: argparse._SubParsersAction) -> None:  # type:
         description="Load the model, capture every decoder block for a deterministic sample of "
         "eligible nodes (lowest sha256 of the id first), score each layer by held-out AUROC, "
         "and recommend up to 4 target layers, at least 3 blocks apart, beside the "
-        "60-80%%-of-depth rule of thumb. Writes nothing to the state directory.",
+        "60-80%-of-depth rule of thumb. Writes nothing to the state directory.",
     )
     layers.add_argument(
         "--sample",

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amygdala_daemon.cli.common import config_from_args, progress_bar
-from amygdala_daemon.core.config import SourceConfig
+from amygdala_daemon.core.config import ModelDtype, SourceConfig, SourceKind
 from amygdala_daemon.core.errors import InputError
 
 if TYPE_CHECKING:
+    from amygdala_daemon.cli.common import Subcommands
     from amygdala_daemon.sources import MemorySource
 
 EXTRACT_DESCRIPTION = """\
@@ -42,7 +43,7 @@ with no positives or no negatives are skipped and listed.
 """
 
 
-_DTYPES = {
+_DTYPES: dict[str, ModelDtype] = {
     "bf16": "bfloat16",
     "bfloat16": "bfloat16",
     "fp16": "float16",
@@ -53,7 +54,7 @@ _DTYPES = {
 }
 
 
-def normalize_dtype(name: str) -> str:
+def normalize_dtype(name: str) -> ModelDtype:
     """The model dtype the config understands, from the seed's short names.
 
     >>> normalize_dtype("bf16")
@@ -98,7 +99,7 @@ def choose_source(
         local = Path(path).expanduser()
         if not local.exists():
             raise InputError(f"--source: {path} does not exist")
-        kind = "directory" if local.is_dir() else "jsonl"
+        kind: SourceKind = "directory" if local.is_dir() else "jsonl"
         return sources.open_source(replace(config, kind=kind, path=str(local)))
     return sources.open_source(config)
 
@@ -195,14 +196,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_seed_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_seed_commands(commands: Subcommands) -> None:
     """Add `extract-pairs` and `train` to the CLI's subcommands."""
-    formatter = argparse.RawDescriptionHelpFormatter
+    _add_extract_pairs(commands)
+    _add_train(commands)
+
+
+def _add_extract_pairs(commands: Subcommands) -> None:
     extract = commands.add_parser(
         "extract-pairs",
         help="seed step 1: write (emotion, polarity, text) examples to a directory",
         description=EXTRACT_DESCRIPTION,
-        formatter_class=formatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = extract.add_mutually_exclusive_group()
     where.add_argument("--memory-mcp-url", metavar="URL", help="read the graph from this server")
@@ -236,11 +241,13 @@ def add_seed_commands(commands: argparse._SubParsersAction) -> None:  # type: ig
     )
     extract.set_defaults(func=cmd_extract_pairs)
 
+
+def _add_train(commands: Subcommands) -> None:
     trainer = commands.add_parser(
         "train",
         help="seed step 2: train vectors from an extract-pairs directory",
         description=TRAIN_DESCRIPTION,
-        formatter_class=formatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     trainer.add_argument(
         "--model", help="smollm2-135m, a Hugging Face model directory or id (default: config)"

@@ -12,15 +12,22 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from amygdala_daemon.core.errors import ConfigError
+from amygdala_daemon.core.schedule import parse_interval
+from amygdala_daemon.core.tool_mapping import MappingError, effective, tool_mapping
 
 _TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
-
-def _choices(*values: str) -> dict[str, Any]:
-    return {"choices": values}
+# The keys with a fixed set of values; the validator accepts exactly these.
+SourceKind = Literal["jsonl", "directory", "mcp"]
+Preset = Literal["", "knowledge-graph"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+Pooling = Literal["mean", "last"]
+Method = Literal["mean_diff", "diag_lda"]
+VectorsDtype = Literal["float32", "float16", "bfloat16"]
 
 
 def _min(value: float) -> dict[str, Any]:
@@ -29,7 +36,7 @@ def _min(value: float) -> dict[str, Any]:
 
 @dataclass
 class SourceConfig:
-    kind: str = field(default="jsonl", metadata=_choices("jsonl", "directory", "mcp"))
+    kind: SourceKind = "jsonl"
     """Where the memory graph lives."""
     path: str = ""
     """jsonl file or directory; empty means the bundled sample graph."""
@@ -39,7 +46,7 @@ class SourceConfig:
     """mcp: argv of a stdio server, e.g. ["npx", "@modelcontextprotocol/server-memory"]."""
     args: list[str] = field(default_factory=list)
     """mcp: more arguments for the stdio server, appended to `command`."""
-    preset: str = field(default="", metadata=_choices("", "knowledge-graph"))
+    preset: Preset = ""
     """mcp: a ready-made tool mapping for a known memory server (fills keys left at defaults)."""
     list_tool: str = "list_nodes"
     """mcp: the tool that lists every node."""
@@ -83,13 +90,13 @@ class ModelConfig:
     """`smollm2-135m` (bundled) or a local Hugging Face model directory."""
     layers: list[int] = field(default_factory=list)
     """Decoder blocks whose output is read (0-based, negative from the end); empty: automatic."""
-    dtype: str = field(default="auto", metadata=_choices("auto", "float32", "bfloat16", "float16"))
+    dtype: ModelDtype = "auto"
     """auto: bfloat16 on CUDA, float32 on CPU."""
-    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    device: Device = "auto"
     """auto: cuda when a GPU is present."""
     max_tokens: int = field(default=512, metadata=_min(2))
     """Content longer than this many tokens is truncated (and counted)."""
-    pooling: str = field(default="mean", metadata=_choices("mean", "last"))
+    pooling: Pooling = "mean"
     """How a node's token activations become one vector per layer."""
     sink_norm_ratio: float = field(default=10.0, metadata=_min(1.0))
     """Mean pooling leaves out tokens whose norm exceeds this times the median norm."""
@@ -103,9 +110,9 @@ class ModelConfig:
 
 @dataclass
 class VectorsConfig:
-    method: str = field(default="mean_diff", metadata=_choices("mean_diff", "diag_lda"))
+    method: Method = "mean_diff"
     """mean_diff: CAA difference of means; diag_lda: divided by pooled per-dimension variance."""
-    dtype: str = field(default="float32", metadata=_choices("float32", "float16", "bfloat16"))
+    dtype: VectorsDtype = "float32"
     """dtype of the published tensors."""
     evaluation_sample: int = field(default=2000, metadata=_min(10))
     """Nodes sampled (lowest sha256 of id first) for calibration std and held-out AUROC."""
@@ -215,7 +222,7 @@ def _type_name(annotation: Any) -> str:
         return "a number"
     if annotation is int:
         return "an integer"
-    if annotation is str:
+    if annotation is str or typing.get_origin(annotation) is Literal:
         return "a string"
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
@@ -243,6 +250,8 @@ def _coerce(key: str, value: Any, annotation: Any, metadata: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(key, f"expected {_type_name(annotation)}, got {value!r}")
         return [_coerce(key, item, item_type, {}) for item in value]
+    if typing.get_origin(annotation) is Literal:
+        return _choice(key, value, typing.get_args(annotation))
     # bool is an int in Python; a TOML `true` where a number is wanted is a mistake.
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if annotation is float and is_number:
@@ -252,14 +261,20 @@ def _coerce(key: str, value: Any, annotation: Any, metadata: Any) -> Any:
         or (annotation is str and isinstance(value, str))
     ):
         raise ConfigError(key, f"expected {_type_name(annotation)}, got {value!r}")
-    choices = metadata.get("choices")
-    if choices is not None and value not in choices:
-        accepted = ", ".join(repr(c) for c in choices)
-        raise ConfigError(key, f"{value!r} is not one of {accepted}")
     if "min" in metadata and value < metadata["min"]:
         raise ConfigError(key, f"{value!r} is below the minimum {metadata['min']}")
     if "max" in metadata and value > metadata["max"]:
         raise ConfigError(key, f"{value!r} is above the maximum {metadata['max']}")
+    return value
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of a `Literal` field's `choices`."""
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if value not in choices:
+        accepted = ", ".join(repr(c) for c in choices)
+        raise ConfigError(key, f"{value!r} is not one of {accepted}")
     return value
 
 
@@ -288,8 +303,6 @@ def validate(config: Config) -> Config:
     """Checks that span several keys."""
     if config.server.host not in ("127.0.0.1", "localhost", "::1") and not config.server.token:
         raise ConfigError("server.token", f"binding {config.server.host!r} requires a token")
-    from amygdala_daemon.core.schedule import parse_interval
-
     parse_interval(config.publish.interval)
     if config.source.kind == "mcp":
         _validate_mcp(config.source)
@@ -298,8 +311,6 @@ def validate(config: Config) -> Config:
 
 def _validate_mcp(source: SourceConfig) -> None:
     """The mcp source needs somewhere to connect and a tool mapping that parses."""
-    from amygdala_daemon.sources.mcp_mapping import MappingError, effective, tool_mapping
-
     if source.url and source.command:
         raise ConfigError("source.url", "give source.url or source.command, not both")
     if source.url and not re.match(r"https?://[^/\s]+", source.url):

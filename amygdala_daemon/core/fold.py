@@ -1,4 +1,4 @@
-"""Per-concept accumulators: a fold over the ledger, checkpointed to an atomic `.npz`.
+"""Per-concept accumulators: a fold over the ledger's changes, as plain arithmetic.
 
 One global accumulator counts every eligible entry; each concept keeps its positives and the
 entries excluded from its negatives, so `negatives(E) = global - excluded(E)`.
@@ -22,7 +22,6 @@ from amygdala_daemon.core.changes import Change, Entry
 from amygdala_daemon.core.config import LabelsConfig
 from amygdala_daemon.core.labels import KnownConcepts, is_eligible, label_node, mention_count
 from amygdala_daemon.core.stats import Welford
-from amygdala_daemon.store.ledger import Ledger
 
 
 def fold_fingerprint(labels: LabelsConfig, shape: tuple[int, int]) -> str:
@@ -39,7 +38,7 @@ class ConceptCounts:
 
 @dataclass
 class Accumulators:
-    """The fold's state. Pure arithmetic; the ledger is read only to seed new concepts."""
+    """The fold's state: pure arithmetic over the changes and activations it is given."""
 
     shape: tuple[int, int]
     labels: LabelsConfig
@@ -67,8 +66,17 @@ class Accumulators:
             for name in self.concepts
         ]
 
-    def _add_concept(self, name: str, seeds: Iterable[Entry]) -> None:
-        """Start tracking `name`, seeding its exclusions from the entries live now."""
+    def unseen_concepts(self, entry: Entry) -> list[str]:
+        """Tags of an eligible `entry` the fold does not track yet: seed each before `apply`."""
+        if not is_eligible(entry.tags, entry.content, self.labels):
+            return []
+        return [name for name in entry.tags if name not in self.known]
+
+    def add_concept(self, name: str, seeds: Iterable[Entry]) -> None:
+        """Start tracking `name`, seeding its exclusions from `seeds`: the entries live now.
+
+        Retracting an entry later then undoes exactly what adding it did.
+        """
         self.known.add(name)
         self.positive[name] = Welford.empty(self.shape)
         excluded = Welford.empty(self.shape)
@@ -79,16 +87,15 @@ class Accumulators:
                 excluded.add(entry.activations)
         self.excluded[name] = excluded
 
-    def apply(self, change: Change, ledger: Ledger | None) -> None:
-        """Fold one ledger change in. `ledger` seeds concepts first seen here."""
+    def apply(self, change: Change) -> None:
+        """Fold one ledger change in; every concept it tags must be tracked already."""
         entry = change.entry
         self.ledger_seq = max(self.ledger_seq, change.seq)
         if not is_eligible(entry.tags, entry.content, self.labels):
             return
-        for name in entry.tags:
-            if name not in self.known:
-                seeds = ledger.entries_live_at(change.seq, name) if ledger is not None else ()
-                self._add_concept(name, seeds)
+        unseen = self.unseen_concepts(entry)
+        if unseen:
+            raise ValueError(f"concepts {unseen} must be added (with seeds) before this change")
         labels = label_node(entry.tags, entry.content, self.known, self.labels)
         step = _add if change.sign > 0 else _remove
         step(self.total, entry.activations)
@@ -109,9 +116,9 @@ class Accumulators:
         """Fold a set of live entries from scratch, with every concept known up front."""
         fold = cls(shape, labels, ledger_seq)
         for name in sorted(set(concepts)):
-            fold._add_concept(name, ())
+            fold.add_concept(name, ())
         for entry in entries:
-            fold.apply(Change(ledger_seq, 1, entry), None)
+            fold.apply(Change(ledger_seq, 1, entry))
         fold.ledger_seq = ledger_seq
         return fold
 

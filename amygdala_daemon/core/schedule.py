@@ -63,3 +63,18 @@ def debounce_due(
     if state.pending_changes < publish_after_changes:
         return False
     return now - state.last_change_at >= publish_after_s
+
+
+def poll_timeout(state: DebounceState, poll_interval: float, publish_after_s: float) -> float:
+    """How long the daemon may sleep before its next poll.
+
+    With changes waiting on the debounce, it wakes in time to publish them.
+
+    >>> poll_timeout(DebounceState(), 10.0, 2.0)
+    10.0
+    >>> poll_timeout(DebounceState(3, 100.0), 10.0, 2.0)
+    2.0
+    """
+    if publish_after_s > 0 and state.pending_changes:
+        return min(poll_interval, publish_after_s)
+    return poll_interval

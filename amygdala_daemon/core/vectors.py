@@ -7,10 +7,12 @@ per layer. `diag_lda` divides that difference by the pooled per-dimension varian
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 import numpy as np
 import numpy.typing as npt
 
+from amygdala_daemon.core.config import Method
 from amygdala_daemon.core.stats import Welford
 
 Array = npt.NDArray[np.float64]
@@ -19,13 +21,15 @@ Array = npt.NDArray[np.float64]
 VARIANCE_FLOOR = 1e-6
 
 
-def direction(positive: Welford, negative: Welford, method: str) -> Array:
+def direction(positive: Welford, negative: Welford, method: Method) -> Array:
     """Unit direction per layer, `[n_layers, hidden]`, float64."""
-    pooled = None
+    difference = positive.mean - negative.mean
+    if method == "mean_diff":
+        return unit_difference(difference)
     if method == "diag_lda":
         dof = max(positive.count + negative.count - 2, 1)
-        pooled = (positive.m2 + negative.m2) / dof
-    return unit_difference(positive.mean - negative.mean, pooled)
+        return unit_difference(difference, (positive.m2 + negative.m2) / dof)
+    assert_never(method)
 
 
 def unit_difference(difference: Array, pooled_variance: Array | None = None) -> Array:

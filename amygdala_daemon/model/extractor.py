@@ -11,14 +11,16 @@ import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never, get_args
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
+from amygdala_daemon.core.config import ModelConfig, Pooling
 from amygdala_daemon.core.errors import InputError
+from amygdala_daemon.model.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ def capture_blocks(
 
 
 def pool(
-    hidden: torch.Tensor, mask: torch.Tensor, pooling: str, sink_norm_ratio: float
+    hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, sink_norm_ratio: float
 ) -> torch.Tensor:
     """Pool `[batch, seq, hidden]` to `[batch, hidden]` over real tokens, in float32.
 
@@ -127,6 +129,8 @@ def pool(
     if pooling == "last":
         last = torch.where(real, positions, -1).amax(dim=1)
         return states[torch.arange(states.shape[0], device=states.device), last]
+    if pooling != "mean":
+        assert_never(pooling)
     first = torch.where(real, positions, real.shape[1]).amin(dim=1, keepdim=True)
     norms = states.norm(dim=-1)
     median = torch.nanmedian(torch.where(real, norms, torch.nan), dim=1, keepdim=True).values
@@ -171,7 +175,7 @@ class Extractor:
         tokenizer: Any,
         layers: Sequence[int],
         *,
-        pooling: str = "mean",
+        pooling: Pooling = "mean",
         sink_norm_ratio: float = 10.0,
         max_tokens: int = 512,
         batch_tokens: int = 4096,
@@ -185,6 +189,10 @@ class Extractor:
             resolve_layers(layers, self.n_layers) if layers else default_layers(self.n_layers)
         )
         self.hidden_size = int(getattr(model, "config").hidden_size)  # noqa: B009
+        if pooling not in get_args(Pooling):
+            # A manifest's pooling arrives unchecked from JSON.
+            accepted = ", ".join(repr(p) for p in get_args(Pooling))
+            raise InputError(f"pooling: {pooling!r} is not one of {accepted}")
         self.pooling = pooling
         self.sink_norm_ratio = sink_norm_ratio
         self.max_tokens = max_tokens
@@ -194,6 +202,33 @@ class Extractor:
         if batch_tokens <= 0:
             batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.batch_tokens = batch_tokens
+
+    @classmethod
+    def from_config(
+        cls,
+        model_config: ModelConfig,
+        loaded: LoadedModel,
+        *,
+        layers: Sequence[int] | None = None,
+    ) -> Extractor:
+        """An extractor over `loaded` with the layers, pooling and batching of `model_config`.
+
+        `layers`, when given, replaces `model_config.layers`: a sweep over every block, or the
+        layers a published file was made at.
+
+            loaded = load_model(config.model, config.state_path)
+            extractor = Extractor.from_config(config.model, loaded)
+        """
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            model_config.layers if layers is None else layers,
+            pooling=model_config.pooling,
+            sink_norm_ratio=model_config.sink_norm_ratio,
+            max_tokens=model_config.max_tokens,
+            batch_tokens=model_config.batch_tokens,
+            batch_size=model_config.batch_size,
+        )
 
     def tokenize(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
         """Token ids per text, cut to `max_tokens`, with whether it was cut."""

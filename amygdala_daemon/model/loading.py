@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from amygdala_daemon.core.config import ModelConfig
+from amygdala_daemon.core.config import Device, ModelConfig, ModelDtype
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.paths import StatePaths
 
@@ -39,7 +39,7 @@ class LoadedModel:
     dtype: torch.dtype
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: Device) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -47,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: ModelDtype, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype: torch.dtype = getattr(torch, name)
@@ -131,10 +131,12 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_model(config: ModelConfig, state_dir: Path) -> LoadedModel:
-    """Load the configured model and tokenizer for inference."""
+    """Load the configured model and tokenizer for inference, on `model.threads` CPU threads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if config.threads:
+        torch.set_num_threads(config.threads)
     if not sys.stderr.isatty():
         # Progress bars in a log or a journal are noise.
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

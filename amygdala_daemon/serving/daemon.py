@@ -24,12 +24,18 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.errors import AmygdalaError
-from amygdala_daemon.core.schedule import DebounceState, debounce_due, parse_interval
+from amygdala_daemon.core.schedule import (
+    DebounceState,
+    debounce_due,
+    parse_interval,
+    poll_timeout,
+)
 from amygdala_daemon.engine.writer import Engine, SyncReport
 from amygdala_daemon.serving.notify import fire, published_event
+from amygdala_daemon.serving.requests import dispatch
 from amygdala_daemon.serving.sdnotify import Notifier, watchdog_interval
 from amygdala_daemon.serving.server import EventServer
-from amygdala_daemon.sources import MemorySource, open_source
+from amygdala_daemon.sources import ClosableSource, HintingSource, MemorySource, open_source
 from amygdala_daemon.sources.errors import SourceError
 from amygdala_daemon.store.config_file import load
 from amygdala_daemon.views.status import SourceState, status_report
@@ -124,16 +130,18 @@ class Daemon:
 
     def _start_hints(self) -> None:
         """A source that can tell when the graph changed wakes the poll loop at once."""
-        start = getattr(self.source, "start_hints", None)
-        if start is not None and self.loop is not None:
+        if isinstance(self.source, HintingSource) and self.loop is not None:
             loop = self.loop
-            start(lambda: loop.call_soon_threadsafe(self.wake.set))
+
+            def hint() -> None:
+                loop.call_soon_threadsafe(self.wake.set)
+
+            self.source.start_hints(hint)
 
     def _close_source(self) -> None:
         """Sources holding a connection (mcp) let it go."""
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            close()
+        if isinstance(self.source, ClosableSource):
+            self.source.close()
 
     def _publish_now(self, force: bool) -> Path | None:
         assert self.engine is not None
@@ -173,28 +181,22 @@ class Daemon:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Websocket requests."""
-        op = request["op"]
-        if op == "status":
-            assert self.loop is not None
-            # The daemon knows its source's state: reading the source again here would open a
-            # second connection (or a second stdio server) per request.
-            state = SourceState(self.source.describe(), self.backlog, self.source_error)
-            report = await self.loop.run_in_executor(None, status_report, self.config, state)
-            counters = (
-                self.engine._extractor.counters if self.engine and self.engine._extractor else None
-            )
-            report["daemon"] = {
-                "source_error": self.source_error,
-                "forward_sequences": counters.sequences if counters else 0,
-                "forward_batches": counters.batches if counters else 0,
-            }
-            return {"ok": True, "op": "status", "status": report}
-        if op == "publish":
-            force = request.get("force", False)
-            if not isinstance(force, bool):
-                return {"ok": False, "op": op, "error": '"force" must be true or false'}
-            return await self.publish(force)
-        return {"ok": False, "op": op, "error": f"unknown op {op!r} (accepted: status, publish)"}
+        return await dispatch(request, self)
+
+    async def status_reply(self) -> dict[str, Any]:
+        """`status --json`, plus what only the running daemon knows."""
+        assert self.loop is not None
+        # The daemon knows its source's state: reading the source again here would open a
+        # second connection (or a second stdio server) per request.
+        state = SourceState(self.source.describe(), self.backlog, self.source_error)
+        report = await self.loop.run_in_executor(None, status_report, self.config, state)
+        counters = self.engine.extraction_counters if self.engine is not None else None
+        report["daemon"] = {
+            "source_error": self.source_error,
+            "forward_sequences": counters.sequences if counters else 0,
+            "forward_batches": counters.batches if counters else 0,
+        }
+        return report
 
     # -- reload -----------------------------------------------------------------------
 
@@ -290,7 +292,7 @@ class Daemon:
         self.engine = await self._work(Engine, self.config)
         try:
             # Recovery happened on open; load the model now so READY means ready.
-            await self._work(lambda: self.engine.extractor if self.engine else None)
+            await self._work(self.engine.load_model)
             self.server = EventServer(
                 self.config.server.host,
                 self.config.server.port,
@@ -328,9 +330,9 @@ class Daemon:
                     publish.publish_after_changes,
                 ):
                     await self.publish()
-                timeout = self.config.daemon.poll_interval
-                if publish.publish_after_s > 0 and self.debounce.pending_changes:
-                    timeout = min(timeout, publish.publish_after_s)
+                timeout = poll_timeout(
+                    self.debounce, self.config.daemon.poll_interval, publish.publish_after_s
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
             await self.shutdown(watchdog)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from amygdala_daemon.core.config import NotifyConfig
-from amygdala_daemon.store.generations import MANIFEST_FILE, VECTORS_FILE
+from amygdala_daemon.core.manifest import MANIFEST_FILE, VECTORS_FILE
 
 log = logging.getLogger(__name__)
 

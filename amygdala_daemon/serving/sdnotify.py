@@ -18,10 +18,6 @@ class Notifier:
         if self.address:
             self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
-    @property
-    def enabled(self) -> bool:
-        return self.socket is not None
-
     def send(self, *assignments: str) -> bool:
         """Send one datagram of newline-separated assignments; False when it cannot."""
         if self.socket is None:

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 64 * 1024
 CLIENT_BACKLOG = 256
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import assert_never
 
 from amygdala_daemon.core.config import SourceConfig
-from amygdala_daemon.sources.base import Changes, MemorySource, Rejected, Snapshot, SourceNode
+from amygdala_daemon.sources.base import (
+    Changes,
+    ClosableSource,
+    HintingSource,
+    MemorySource,
+    Rejected,
+    Snapshot,
+    SourceNode,
+)
 from amygdala_daemon.sources.errors import SourceError
 
 
@@ -25,15 +34,19 @@ def open_source(config: SourceConfig) -> MemorySource:
         from amygdala_daemon.sources.mcp import McpSource
 
         return McpSource(config)
-    from amygdala_daemon.sources.directory import DirectorySource
+    if config.kind == "directory":
+        from amygdala_daemon.sources.directory import DirectorySource
 
-    if not config.path:
-        raise SourceError("config: source.path: the directory source needs a path")
-    return DirectorySource(Path(config.path), settle_s=config.settle_s)
+        if not config.path:
+            raise SourceError("config: source.path: the directory source needs a path")
+        return DirectorySource(Path(config.path), settle_s=config.settle_s)
+    assert_never(config.kind)
 
 
 __all__ = [
     "Changes",
+    "ClosableSource",
+    "HintingSource",
     "MemorySource",
     "Rejected",
     "Snapshot",

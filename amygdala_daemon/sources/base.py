@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,27 @@ class MemorySource(Protocol):
 
     def snapshot(self) -> Snapshot:
         """Read the whole graph. Raises `SourceError` when it cannot be read at all."""
+        ...
+
+
+# Capabilities a source may add to `MemorySource`; the daemon asks with `isinstance`.
+
+
+@runtime_checkable
+class HintingSource(Protocol):
+    """A source that can tell when the graph may have changed, so the daemon reads at once."""
+
+    def start_hints(self, callback: Callable[[], None]) -> None:
+        """From now on, call `callback` (from any thread) whenever the graph may have changed."""
+        ...
+
+
+@runtime_checkable
+class ClosableSource(Protocol):
+    """A source holding a connection or a process, which `close()` lets go."""
+
+    def close(self) -> None:
+        """Release what the source holds; it is not read again."""
         ...
 
 

@@ -9,7 +9,7 @@ error rather than waiting on a dead server, and the daemon reports `source_error
 2026-era server, `resources/subscribe` on an older one), a lost connection and a reconnect all
 call the hint callback, which wakes the daemon's poll loop: it reads again at once.
 
-Which tools to call, and how their answers become nodes, is `mcp_mapping`.
+Which tools to call is `core/tool_mapping`; how their answers become nodes is `mcp_mapping`.
 """
 
 from __future__ import annotations
@@ -35,17 +35,10 @@ from pydantic import ValidationError
 
 from amygdala_daemon import __version__
 from amygdala_daemon.core.config import SourceConfig
+from amygdala_daemon.core.tool_mapping import MappingError, effective, tool_mapping
 from amygdala_daemon.sources.base import Snapshot
 from amygdala_daemon.sources.errors import SourceError
-from amygdala_daemon.sources.mcp_mapping import (
-    MappingError,
-    Reader,
-    backoff_delay,
-    default_uniform,
-    effective,
-    payload,
-    tool_mapping,
-)
+from amygdala_daemon.sources.mcp_mapping import Reader, backoff_delay, default_uniform, payload
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,30 +17,41 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from amygdala_daemon.core.errors import InputError
-from amygdala_daemon.core.manifest import Release, layer_key
+from amygdala_daemon.core.manifest import (
+    MANIFEST_FILE,
+    VECTORS_FILE,
+    Manifest,
+    Release,
+    layer_key,
+    manifest_json,
+    parse_manifest,
+)
 from amygdala_daemon.store.atomic import fsync_dir, replace_file, write_file
 
-VECTORS_FILE = "vectors.safetensors"
-MANIFEST_FILE = "manifest.json"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
 
 
-def read_manifest(directory: Path) -> dict[str, Any] | None:
+def read_manifest(directory: Path) -> Manifest | None:
+    """The manifest of a generation directory; None when missing or unreadable."""
     try:
-        loaded: dict[str, Any] = json.loads((directory / MANIFEST_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        return parse_manifest(json.loads((directory / MANIFEST_FILE).read_text()))
+    except (OSError, ValueError):
         return None
-    return loaded
 
 
-def current_manifest(published: Path) -> dict[str, Any] | None:
+def current_manifest(published: Path) -> Manifest | None:
     return read_manifest(published / "current")
+
+
+def newest_manifest(published: Path) -> Manifest | None:
+    """The manifest of the newest generation (not `current`: after a rollback they differ)."""
+    newest = max(generations(published), default=None)
+    return None if newest is None else read_manifest(generation_dir(published, newest))
 
 
 def generations(published: Path) -> list[int]:
@@ -54,11 +65,8 @@ def generation_dir(published: Path, generation: int) -> Path:
     return published / f"gen-{generation:06d}"
 
 
-# -- building ---------------------------------------------------------------------------
-
-
-def _previous_vectors(published: Path) -> dict[str, npt.NDArray[np.float64]]:
-    """Per concept `[n_layers, hidden]` from the current generation, for stale rows."""
+def current_vectors(published: Path) -> dict[str, npt.NDArray[np.float64]]:
+    """Per concept `[n_layers, hidden]` from the current generation; {} when unreadable."""
     manifest = current_manifest(published)
     if manifest is None:
         return {}
@@ -69,12 +77,10 @@ def _previous_vectors(published: Path) -> dict[str, npt.NDArray[np.float64]]:
     except (OSError, ValueError):
         return {}
     layers = manifest["layers"]
-    out = {}
-    for row, name in enumerate(manifest["concepts"]):
-        out[name] = np.stack(
-            [tensors[layer_key(layer)][row].astype(np.float64) for layer in layers]
-        )
-    return out
+    return {
+        name: np.stack([tensors[layer_key(layer)][row].astype(np.float64) for layer in layers])
+        for row, name in enumerate(manifest["concepts"])
+    }
 
 
 def serialize(release: Release, dtype: str) -> tuple[bytes, bytes]:
@@ -82,7 +88,7 @@ def serialize(release: Release, dtype: str) -> tuple[bytes, bytes]:
     import torch
     from safetensors.torch import save
 
-    manifest_text = json.dumps(release.manifest, indent=2, sort_keys=True)
+    manifest_text = manifest_json(release.manifest)
     torch_dtype = getattr(torch, dtype)
     tensors = {
         layer_key(layer): torch.from_numpy(np.ascontiguousarray(rows, np.float32)).to(torch_dtype)

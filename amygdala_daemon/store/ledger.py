@@ -284,9 +284,20 @@ class Ledger:
         self.conn.execute("DELETE FROM nodes")
         self.conn.execute("COMMIT")
 
-    def reset_registry(self) -> None:
-        """Forget row assignments: only `rebuild` may renumber concepts."""
-        self.conn.execute("DELETE FROM registry")
+    def renumber_registry(self) -> None:
+        """Forget row assignments and start a new registry epoch, in one transaction.
+
+        Only `rebuild` may renumber concepts; consumers see the new epoch in the manifest.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("DELETE FROM registry")
+            epoch = int(self.get_meta("registry_epoch") or 0) + 1
+            self.set_meta("registry_epoch", str(epoch))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     # -- concept registry (row order of published tensors) ----------------------------
 

@@ -5,6 +5,9 @@ No model is needed for any of it: the ledger holds every pooled activation.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from amygdala_daemon.core.changes import Change
 from amygdala_daemon.core.config import Config, LabelsConfig
 from amygdala_daemon.core.fold import Accumulators
 from amygdala_daemon.core.labels import is_eligible
@@ -12,6 +15,18 @@ from amygdala_daemon.core.manifest import ModelInfo
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.store.checkpoint import load_checkpoint
 from amygdala_daemon.store.ledger import Ledger
+
+
+def fold_changes(fold: Accumulators, changes: Iterable[Change], ledger: Ledger) -> None:
+    """Apply ledger changes to `fold`, seeding each concept it meets for the first time.
+
+    A new concept's exclusions start from the entries live at the change that introduces it,
+    read from the ledger: that is what makes a later retraction exact.
+    """
+    for change in changes:
+        for name in fold.unseen_concepts(change.entry):
+            fold.add_concept(name, ledger.entries_live_at(change.seq, name))
+        fold.apply(change)
 
 
 def refold(ledger: Ledger, shape: tuple[int, int], labels: LabelsConfig) -> Accumulators:
@@ -29,8 +44,7 @@ def recover_fold(ledger: Ledger, config: Config, shape: tuple[int, int]) -> Accu
     fold = load_checkpoint(StatePaths(config.state_path).checkpoint, labels, shape)
     if fold is None or fold.ledger_seq > ledger.seq:
         return refold(ledger, shape, labels)
-    for change in ledger.changes_since(fold.ledger_seq):
-        fold.apply(change, ledger)
+    fold_changes(fold, ledger.changes_since(fold.ledger_seq), ledger)
     fold.ledger_seq = ledger.seq
     return fold
 

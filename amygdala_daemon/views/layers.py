@@ -81,23 +81,9 @@ def capture_all_layers(config: Config, nodes: Sequence[SampledNode]) -> tuple[li
     from amygdala_daemon.model.extractor import Extractor, find_decoder_blocks
     from amygdala_daemon.model.loading import load_model
 
-    model_config = config.model
-    if model_config.threads:
-        import torch
-
-        torch.set_num_threads(model_config.threads)
-    loaded = load_model(model_config, config.state_path)
+    loaded = load_model(config.model, config.state_path)
     n_layers = len(find_decoder_blocks(loaded.model))
-    extractor = Extractor(
-        loaded.model,
-        loaded.tokenizer,
-        list(range(n_layers)),
-        pooling=model_config.pooling,
-        sink_norm_ratio=model_config.sink_norm_ratio,
-        max_tokens=model_config.max_tokens,
-        batch_tokens=model_config.batch_tokens,
-        batch_size=model_config.batch_size,
-    )
+    extractor = Extractor.from_config(config.model, loaded, layers=list(range(n_layers)))
     # disable=None: a bar on a terminal, silence in logs and CI.
     bar = tqdm(total=len(nodes), desc="layers", unit="node", file=sys.stderr, disable=None)
     try:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.errors import AmygdalaError, InputError
-from amygdala_daemon.core.manifest import layer_key
+from amygdala_daemon.core.manifest import VECTORS_FILE, layer_key
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.core.tags import parse_text
 from amygdala_daemon.core.vectors import z_score
 from amygdala_daemon.model.extractor import Extractor
 from amygdala_daemon.model.loading import load_model
-from amygdala_daemon.store.generations import VECTORS_FILE, current_manifest
+from amygdala_daemon.store.generations import current_manifest
 
 
 def probe_texts(config: Config, texts: list[str]) -> list[dict[str, Any]]:
@@ -35,16 +37,15 @@ def probe_texts(config: Config, texts: list[str]) -> list[dict[str, Any]]:
             f"probe: model.name {config.model.name!r} has hidden size "
             f"{loaded.model.config.hidden_size}, the vectors have {manifest['hidden_size']}"
         )
-    extractor = Extractor(
-        loaded.model,
-        loaded.tokenizer,
-        layers,
-        pooling=manifest.get("pooling", config.model.pooling),
-        sink_norm_ratio=config.model.sink_norm_ratio,
-        max_tokens=config.model.max_tokens,
-        batch_tokens=config.model.batch_tokens,
-        batch_size=config.model.batch_size,
+    # Text is pooled the way the vectors' own examples were, whatever the config says now.
+    # Read as plain JSON: a file may predate a key, and the Extractor checks the pooling.
+    recorded: Mapping[str, Any] = manifest
+    pooled_as = replace(
+        config.model,
+        pooling=recorded.get("pooling", config.model.pooling),
+        sink_norm_ratio=recorded.get("sink_norm_ratio", config.model.sink_norm_ratio),
     )
+    extractor = Extractor.from_config(pooled_as, loaded, layers=layers)
     # Tag lines never reach the model, in probing as in training.
     contents = [parse_text(text).content or text for text in texts]
     results = []

@@ -17,8 +17,9 @@ import numpy as np
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.errors import AmygdalaError
 from amygdala_daemon.core.evaluation import cross_validate
+from amygdala_daemon.core.fold import Accumulators
 from amygdala_daemon.core.labels import is_eligible, label_node
-from amygdala_daemon.core.manifest import layer_key
+from amygdala_daemon.core.manifest import MANIFEST_FILE, VECTORS_FILE, Manifest, layer_key
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.core.quality import (
     HELD_OUT_SCHEME,
@@ -30,13 +31,7 @@ from amygdala_daemon.core.quality import (
     flag_pairs,
     nan_mean,
 )
-from amygdala_daemon.store.generations import (
-    MANIFEST_FILE,
-    VECTORS_FILE,
-    current_manifest,
-    generation_dir,
-    generations,
-)
+from amygdala_daemon.store.generations import current_manifest, generation_dir, generations
 from amygdala_daemon.store.ledger import Ledger
 from amygdala_daemon.store.recovery import recover_fold, stored_model_info
 
@@ -106,18 +101,40 @@ def _drift(
     return older, drift
 
 
-def build_report(config: Config, crosstalk_threshold: float = 0.5) -> QualityReport:
-    """Held-out AUROC and Cohen's d, drift, cross-talk and co-occurrence of the current vectors."""
-    published = StatePaths(config.state_path).published
+@dataclass
+class _LedgerReading:
+    """What the report takes from one read transaction of the ledger."""
+
+    scores: dict[str, Scores]
+    positives: dict[str, set[str]]
+    counts: dict[str, tuple[int, int]]
+    ledger_seq: int
+
+
+def _published_manifest(published: Path) -> Manifest:
     manifest = current_manifest(published)
     if manifest is None:
         raise AmygdalaError(
             f"report: no published generation under {published}; "
             "run `amygdala-daemon run --once` or `amygdala-daemon rebuild` first"
         )
-    concepts: list[str] = list(manifest["concepts"])
-    layers: list[int] = list(manifest["layers"])
-    method = str(manifest.get("method", config.vectors.method))
+    return manifest
+
+
+def _positive_sets(ledger: Ledger, fold: Accumulators, concepts: list[str]) -> dict[str, set[str]]:
+    """The ids of each concept's positives, labelled as the fold labels them."""
+    positives: dict[str, set[str]] = {name: set() for name in concepts}
+    for node_id, tags, content in ledger.live_labels():
+        if is_eligible(tags, content, fold.labels):
+            for name in label_node(tags, content, fold.known, fold.labels).positive:
+                if name in positives:
+                    positives[name].add(node_id)
+    return positives
+
+
+def _read_ledger(
+    config: Config, concepts: list[str], layers: list[int], method: str
+) -> _LedgerReading:
     ledger_path = StatePaths(config.state_path).ledger
     ledger = Ledger(ledger_path, readonly=True)
     try:
@@ -132,23 +149,98 @@ def build_report(config: Config, crosstalk_threshold: float = 0.5) -> QualityRep
                 f"has {layers}; publish again (`amygdala-daemon publish --force`)"
             )
         fold = recover_fold(ledger, config, (len(info.layers), info.hidden_size))
-        scores = cross_validate(fold, ledger, concepts, method, config.vectors.evaluation_sample)
-        positives: dict[str, set[str]] = {name: set() for name in concepts}
-        for node_id, tags, content in ledger.live_labels():
-            if is_eligible(tags, content, fold.labels):
-                for name in label_node(tags, content, fold.known, fold.labels).positive:
-                    if name in positives:
-                        positives[name].add(node_id)
-        ledger_seq = ledger.seq
+        reading = _LedgerReading(
+            scores=cross_validate(fold, ledger, concepts, method, config.vectors.evaluation_sample),
+            positives=_positive_sets(ledger, fold, concepts),
+            counts={c.name: (c.n_pos, c.n_neg) for c in fold.counts()},
+            ledger_seq=ledger.seq,
+        )
         ledger.conn.execute("COMMIT")
     finally:
         ledger.close()
-    counts = {c.name: (c.n_pos, c.n_neg) for c in fold.counts()}
-    generation = int(manifest["generation"])
-    current = load_vectors(published / "current", layers)
-    previous_generation, drift = _drift(concepts, current, published, generation)
-    matrices = {layer: cosine_matrix(current[layer]) for layer in layers if layer in current}
-    both, jaccard = cooccurrence(concepts, positives)
+    return reading
+
+
+def _layer_cells(
+    name: str,
+    layers: list[int],
+    found: Scores | None,
+    drift: dict[int, float | None],
+    calibration: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """One concept's held-out AUROC and d, drift and calibration, per layer."""
+    return {
+        str(layer): {
+            "auroc": finite_or_none(found.auroc(i)) if found else None,
+            "cohens_d": finite_or_none(found.cohens_d(i)) if found else None,
+            "drift": drift.get(layer),
+            "calibration": calibration.get(name, {}).get(str(layer)),
+        }
+        for i, layer in enumerate(layers)
+    }
+
+
+def _concept_rows(
+    manifest: Manifest,
+    reading: _LedgerReading,
+    drift: dict[str, dict[int, float | None]],
+) -> list[dict[str, Any]]:
+    """One row per published concept, in the vectors' row order."""
+    layers: list[int] = list(manifest["layers"])
+    calibration = manifest.get("calibration", {})
+    rows: list[dict[str, Any]] = []
+    for row, name in enumerate(manifest["concepts"]):
+        found = reading.scores.get(name)
+        per_layer = _layer_cells(name, layers, found, drift[name], calibration)
+        aurocs = [v["auroc"] for v in per_layer.values() if v["auroc"] is not None]
+        n_pos, n_neg = reading.counts.get(name, (0, 0))
+        rows.append(
+            {
+                "name": name,
+                "row": row,
+                "n_pos": n_pos,
+                "n_neg": n_neg,
+                "scored_pos": int(found.positive.shape[0]) if found else 0,
+                "scored_neg": int(found.negative.shape[0]) if found else 0,
+                "stale": name in manifest.get("stale", []),
+                "mean_auroc": finite_or_none(nan_mean(aurocs)),
+                "layers": per_layer,
+            }
+        )
+    return rows
+
+
+def _mean_auroc(rows: list[dict[str, Any]]) -> float | None:
+    """Over every concept and layer that has one."""
+    return finite_or_none(
+        nan_mean(
+            cell["auroc"]
+            for r in rows
+            for cell in r["layers"].values()
+            if cell["auroc"] is not None
+        )
+    )
+
+
+def _weakest(rows: list[dict[str, Any]]) -> list[str]:
+    ranked = sorted(
+        (r for r in rows if r["mean_auroc"] is not None), key=lambda r: (r["mean_auroc"], r["name"])
+    )
+    return [r["name"] for r in ranked[:WEAKEST_SHOWN]]
+
+
+def _nested(matrix: Array) -> list[list[float | None]]:
+    return [[finite_or_none(float(v)) for v in line] for line in matrix]
+
+
+def _crosstalk(
+    concepts: list[str],
+    matrices: dict[int, Array],
+    threshold: float,
+    both: Array,
+    jaccard: Array,
+) -> dict[str, Any]:
+    """The cosine matrices, and the pairs above `threshold` beside how often their tags meet."""
     index = {name: i for i, name in enumerate(concepts)}
     flagged = [
         {
@@ -159,152 +251,49 @@ def build_report(config: Config, crosstalk_threshold: float = 0.5) -> QualityRep
             "both_positive": int(both[index[pair.first], index[pair.second]]),
             "jaccard": float(jaccard[index[pair.first], index[pair.second]]),
         }
-        for pair in flag_pairs(concepts, matrices, crosstalk_threshold)
+        for pair in flag_pairs(concepts, matrices, threshold)
     ]
-    rows: list[dict[str, Any]] = []
-    calibration = manifest.get("calibration", {})
-    for row, name in enumerate(concepts):
-        found = scores.get(name)
-        per_layer = {}
-        for i, layer in enumerate(layers):
-            per_layer[str(layer)] = {
-                "auroc": finite_or_none(found.auroc(i)) if found else None,
-                "cohens_d": finite_or_none(found.cohens_d(i)) if found else None,
-                "drift": drift[name].get(layer),
-                "calibration": calibration.get(name, {}).get(str(layer)),
-            }
-        aurocs = [v["auroc"] for v in per_layer.values() if v["auroc"] is not None]
-        rows.append(
-            {
-                "name": name,
-                "row": row,
-                "n_pos": counts.get(name, (0, 0))[0],
-                "n_neg": counts.get(name, (0, 0))[1],
-                "scored_pos": int(found.positive.shape[0]) if found else 0,
-                "scored_neg": int(found.negative.shape[0]) if found else 0,
-                "stale": name in manifest.get("stale", []),
-                "mean_auroc": finite_or_none(nan_mean(aurocs)),
-                "layers": per_layer,
-            }
-        )
-    ranked = sorted(
-        (r for r in rows if r["mean_auroc"] is not None), key=lambda r: (r["mean_auroc"], r["name"])
-    )
+    return {
+        "threshold": threshold,
+        "concepts": concepts,
+        "cosine": {str(layer): _nested(matrix) for layer, matrix in matrices.items()},
+        "flagged": flagged,
+    }
 
-    def nested(matrix: Array) -> list[list[float | None]]:
-        return [[finite_or_none(float(v)) for v in line] for line in matrix]
 
+def build_report(config: Config, crosstalk_threshold: float = 0.5) -> QualityReport:
+    """Held-out AUROC and Cohen's d, drift, cross-talk and co-occurrence of the current vectors."""
+    published = StatePaths(config.state_path).published
+    manifest = _published_manifest(published)
+    concepts: list[str] = list(manifest["concepts"])
+    layers: list[int] = list(manifest["layers"])
+    method = str(manifest.get("method", config.vectors.method))
+    reading = _read_ledger(config, concepts, layers, method)
+    generation = int(manifest["generation"])
+    current = load_vectors(published / "current", layers)
+    previous_generation, drift = _drift(concepts, current, published, generation)
+    matrices = {layer: cosine_matrix(current[layer]) for layer in layers if layer in current}
+    both, jaccard = cooccurrence(concepts, reading.positives)
+    rows = _concept_rows(manifest, reading, drift)
     data: dict[str, Any] = {
         "state_dir": str(config.state_path),
         "generation": generation,
         "previous_generation": previous_generation,
-        "ledger_seq": ledger_seq,
+        "ledger_seq": reading.ledger_seq,
         "manifest_ledger_seq": manifest.get("ledger_seq"),
         "model_id": manifest.get("model_id"),
         "method": method,
         "layers": layers,
         "held_out": HELD_OUT_SCHEME,
         "concepts": rows,
-        "mean_auroc": finite_or_none(
-            nan_mean(
-                cell["auroc"]
-                for r in rows
-                for cell in r["layers"].values()
-                if cell["auroc"] is not None
-            )
-        ),
-        "weakest": [r["name"] for r in ranked[:WEAKEST_SHOWN]],
-        "crosstalk": {
-            "threshold": crosstalk_threshold,
-            "concepts": concepts,
-            "cosine": {str(layer): nested(matrix) for layer, matrix in matrices.items()},
-            "flagged": flagged,
-        },
+        "mean_auroc": _mean_auroc(rows),
+        "weakest": _weakest(rows),
+        "crosstalk": _crosstalk(concepts, matrices, crosstalk_threshold, both, jaccard),
         "cooccurrence": {
             "concepts": concepts,
             "both_positive": [[int(v) for v in line] for line in both],
-            "jaccard": nested(jaccard),
+            "jaccard": _nested(jaccard),
         },
         "unpublished": dict(sorted(manifest.get("unpublished", {}).items())),
     }
-    return QualityReport(data=data, scores=scores)
-
-
-# -- the human-readable table ---------------------------------------------------------------
-
-
-def _num(value: float | None, width: int, digits: int = 2) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
-
-
-def format_report(data: dict[str, Any]) -> str:
-    """The table: one row per concept, AUROC and d per layer; flagged pairs; unpublished."""
-    layers: list[int] = data["layers"]
-    previous = data["previous_generation"]
-    lines = [
-        f"generation {data['generation']} of {data['model_id']}, method {data['method']}, "
-        f"ledger seq {data['ledger_seq']}",
-        "AUROC and d are held out: each node is scored by a direction fit without its bucket",
-        f"  ({data['held_out']})",
-        "drift: lowest cosine over layers to the same row in "
-        + (f"generation {previous}" if previous is not None else "the previous generation (none)"),
-        "",
-    ]
-    name_width = max([len("concept"), *(len(r["name"]) for r in data["concepts"])])
-    head = f"{'':<{name_width}} {'':>5} {'':>5}"
-    sub = f"{'concept':<{name_width}} {'n_pos':>5} {'n_neg':>5}"
-    for layer in layers:
-        head += f"  {'layer ' + str(layer):^12}"
-        sub += f"  {'AUROC':>6} {'d':>5}"
-    head += f"  {'mean':>5}  {'':>5}"
-    sub += f"  {'AUROC':>5}  {'drift':>5}"
-    lines += [head.rstrip(), sub]
-    ordered = sorted(
-        data["concepts"],
-        key=lambda r: (-(r["mean_auroc"] if r["mean_auroc"] is not None else -1.0), r["name"]),
-    )
-    for row in ordered:
-        line = f"{row['name']:<{name_width}} {row['n_pos']:>5} {row['n_neg']:>5}"
-        for layer in layers:
-            cell = row["layers"][str(layer)]
-            line += f"  {_num(cell['auroc'], 6)} {_num(cell['cohens_d'], 5)}"
-        drifts = [
-            row["layers"][str(layer)]["drift"]
-            for layer in layers
-            if row["layers"][str(layer)]["drift"] is not None
-        ]
-        line += f"  {_num(row['mean_auroc'], 5)}  {_num(min(drifts) if drifts else None, 5, 3)}"
-        if row["stale"]:
-            line += "  (stale: no positives left; last vector kept)"
-        lines.append(line)
-    lines.append(f"mean held-out AUROC over concepts and layers: {_num(data['mean_auroc'], 0, 3)}")
-    crosstalk = data["crosstalk"]
-    lines += ["", f"cross-talk: pairs whose vectors have cosine > {crosstalk['threshold']:.2f}"]
-    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for flag in crosstalk["flagged"]:
-        by_pair.setdefault((flag["first"], flag["second"]), []).append(flag)
-    if not by_pair:
-        lines.append("  none")
-    else:
-        pair_width = max(len(f"{a} / {b}") for a, b in by_pair)
-        lines.append(
-            f"  {'pair':<{pair_width}}  {'max cos':>7}  {'both +':>6}  {'Jaccard':>7}  layers"
-        )
-        for (first, second), flags in by_pair.items():
-            top = max(flags, key=lambda f: f["cosine"])
-            where = ", ".join(str(f["layer"]) for f in sorted(flags, key=lambda f: f["layer"]))
-            lines.append(
-                f"  {first + ' / ' + second:<{pair_width}}  {top['cosine']:>7.2f}  "
-                f"{top['both_positive']:>6}  {top['jaccard']:>7.2f}  {where}"
-            )
-        lines.append(
-            "  (both +: nodes positive for both. A high Jaccard means the tags co-occur, so the\n"
-            "  shared direction may come from the data rather than the method.)"
-        )
-    lines += ["", "tags seen but not published:"]
-    unpublished = data["unpublished"]
-    if not unpublished:
-        lines.append("  none")
-    width = max((len(name) for name in unpublished), default=0)
-    lines += [f"  {name:<{width}}  {why}" for name, why in unpublished.items()]
-    return "\n".join(lines)
+    return QualityReport(data=data, scores=reading.scores)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.manifest import Manifest
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.sources.base import diff
@@ -48,53 +50,81 @@ def status_report(config: Config, source_state: SourceState | None = None) -> di
     ledger_path = StatePaths(state).ledger
     known: Mapping[str, str] = {}
     if ledger_path.exists():
-        ledger = Ledger(ledger_path, readonly=True)
-        try:
-            # One read transaction: the checkpoint replay and the counts see one ledger state.
-            ledger.conn.execute("BEGIN")
-            known = ledger.known_hashes()
-            statuses = ledger.status_counts()
-            report["ledger_seq"] = ledger.seq
-            report["quarantined"] = [
+        fields, known = _ledger_fields(ledger_path, config, manifest)
+        report.update(fields)
+    report.update(_source_fields(config, known, source_state))
+    return report
+
+
+def _ledger_fields(
+    ledger_path: Path, config: Config, manifest: Manifest | None
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """The ledger's part of the report, and the hashes it holds (to count the backlog)."""
+    ledger = Ledger(ledger_path, readonly=True)
+    try:
+        # One read transaction: the checkpoint replay and the counts see one ledger state.
+        ledger.conn.execute("BEGIN")
+        known = ledger.known_hashes()
+        statuses = ledger.status_counts()
+        fields: dict[str, Any] = {
+            "ledger_seq": ledger.seq,
+            "quarantined": [
                 {"id": node_id, "reason": reason} for node_id, reason in ledger.quarantined()
-            ]
-            info = stored_model_info(ledger)
-            applied = 0
-            if info is not None:
-                fold = recover_fold(ledger, config, (len(info.layers), info.hidden_size))
-                applied = fold.total.count
-                published = set(manifest["concepts"]) if manifest else set()
-                report["concepts"] = [
-                    {
-                        "name": c.name,
-                        "n_pos": c.n_pos,
-                        "n_neg": c.n_neg,
-                        "published": c.name in published,
-                    }
-                    for c in sorted(fold.counts(), key=lambda c: (-c.n_pos, c.name))
-                ]
-            stored = statuses.get("stored", 0)
-            report["nodes"] = {
-                "applied": applied,
-                "quarantined": statuses.get("quarantined", 0),
-                "ineligible": statuses.get("ineligible", 0) + stored - applied,
-            }
-            ledger.conn.execute("COMMIT")
-        finally:
-            ledger.close()
+            ],
+        }
+        applied, fields["concepts"] = _fold_counts(ledger, config, manifest)
+        stored = statuses.get("stored", 0)
+        fields["nodes"] = {
+            "applied": applied,
+            "quarantined": statuses.get("quarantined", 0),
+            "ineligible": statuses.get("ineligible", 0) + stored - applied,
+        }
+        ledger.conn.execute("COMMIT")
+    finally:
+        ledger.close()
+    return fields, known
+
+
+def _fold_counts(
+    ledger: Ledger, config: Config, manifest: Manifest | None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Nodes in the fold, and each concept's counts, most positives first."""
+    info = stored_model_info(ledger)
+    if info is None:
+        return 0, []
+    fold = recover_fold(ledger, config, (len(info.layers), info.hidden_size))
+    published = set(manifest["concepts"]) if manifest else set()
+    concepts = [
+        {
+            "name": c.name,
+            "n_pos": c.n_pos,
+            "n_neg": c.n_neg,
+            "published": c.name in published,
+        }
+        for c in sorted(fold.counts(), key=lambda c: (-c.n_pos, c.name))
+    ]
+    return fold.total.count, concepts
+
+
+def _source_fields(
+    config: Config, known: Mapping[str, str], source_state: SourceState | None
+) -> dict[str, Any]:
+    """Source, backlog and source error: from the daemon when it gives them, else one read."""
     if source_state is not None:
-        report["source"] = source_state.description
-        report["backlog"] = source_state.backlog
-        report["source_error"] = source_state.error
-        return report
+        return {
+            "source": source_state.description,
+            "backlog": source_state.backlog,
+            "source_error": source_state.error,
+        }
+    fields: dict[str, Any] = {}
     try:
         source = open_source(config.source)
-        report["source"] = source.describe()
-        report["backlog"] = len(diff(source.snapshot(), known))
+        fields["source"] = source.describe()
+        fields["backlog"] = len(diff(source.snapshot(), known))
     except SourceError as exc:
-        report["source_error"] = str(exc)
-        report["backlog"] = None
-    return report
+        fields["source_error"] = str(exc)
+        fields["backlog"] = None
+    return fields
 
 
 def format_status(report: dict[str, Any]) -> str:

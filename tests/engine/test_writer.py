@@ -5,49 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
-from amygdala_daemon.core.changes import DeleteNode, SetStatus, StoreEntry
 from amygdala_daemon.core.config import Config, LabelsConfig
 from amygdala_daemon.core.errors import InputError, LockedError
-from amygdala_daemon.core.fold import Accumulators
 from amygdala_daemon.core.paths import StatePaths
-from amygdala_daemon.core.vectors import direction
 from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.store.checkpoint import load_checkpoint
 from amygdala_daemon.store.ledger import Ledger
 from amygdala_daemon.store.recovery import recover_fold, refold
-from tests.conftest import make_config, sample_nodes, write_jsonl
-
-
-def directions(fold: Accumulators, method: str = "mean_diff") -> dict[str, np.ndarray]:
-    return {
-        name: direction(fold.positive[name], fold.negatives(name), method)
-        for name in fold.concepts
-        if fold.positive[name].count > 0 and fold.negatives(name).count > 0
-    }
-
-
-def assert_same_fold(left: Accumulators, right: Accumulators, rtol: float = 1e-9) -> None:
-    assert left.total.count == right.total.count
-    assert {c.name: (c.n_pos, c.n_neg) for c in left.counts() if c.n_pos} == {
-        c.name: (c.n_pos, c.n_neg) for c in right.counts() if c.n_pos
-    }
-    np.testing.assert_allclose(left.total.mean, right.total.mean, rtol=rtol, atol=0)
-    a, b = directions(left), directions(right)
-    assert a.keys() == b.keys() and a
-    for name in a:
-        scale = np.abs(b[name]).max()
-        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=rtol * scale, err_msg=name)
-
-
-def edited(node: dict[str, Any], suffix: str) -> dict[str, Any]:
-    content, _, tags = node["text"].rpartition("\n")
-    return {**node, "text": f"{content} {suffix}\n{tags}"}
+from tests.helpers.folds import assert_same_fold
+from tests.helpers.graphs import edited, make_config, sample_nodes, write_jsonl
 
 
 def test_incremental_with_edits_and_deletes_equals_rebuild(
@@ -122,7 +92,7 @@ def test_rebuild_from_cache_after_threshold_change(tmp_path: Path, tiny_model_di
     cached = Engine(changed)
     try:
         cached.rebuild(open_source(changed.source), from_cache=True)
-        assert cached._extractor is None, "--from-cache must not load the model"
+        assert not cached.model_loaded, "--from-cache must not load the model"
         from_cache = cached.fold
         manifest = json.loads((changed.state_path / "published/current/manifest.json").read_text())
         assert manifest["generation"] == 2
@@ -147,13 +117,13 @@ def test_nodes_already_applied_never_reach_the_model_again(
     engine = Engine(config)
     try:
         first = engine.sync(open_source(config.source))
-        sequences = engine.extractor.counters.sequences
+        sequences = engine.load_model().counters.sequences
         assert sequences == len(first.applied)
         assert engine.sync(open_source(config.source)).changes == 0
-        assert engine.extractor.counters.sequences == sequences
+        assert engine.load_model().counters.sequences == sequences
         write_jsonl(graph, [*nodes, edited(nodes[3], "Edited.")])
         engine.sync(open_source(config.source))
-        assert engine.extractor.counters.sequences == sequences + 1
+        assert engine.load_model().counters.sequences == sequences + 1
     finally:
         engine.close()
 
@@ -237,7 +207,7 @@ def test_quarantine_and_ineligible_are_recorded(tmp_path: Path, tiny_model_dir: 
     engine = Engine(relaxed)
     try:
         assert engine.fold is not None and engine.fold.total.count == 2
-        assert engine._extractor is None
+        assert not engine.model_loaded
     finally:
         engine.close()
 
@@ -273,40 +243,3 @@ def test_aliases_fold_into_their_concept_and_a_change_needs_rebuild(
         InputError, match=r"concepts.aliases changed .*run `amygdala-daemon rebuild`"
     ):
         Engine(plain)
-
-
-def test_the_writers_known_hashes_stay_in_step_with_the_table(tmp_path: Path) -> None:
-    """The in-memory map a poll diffs against equals a fresh read after every kind of write."""
-    path = tmp_path / "ledger.sqlite3"
-    ledger = Ledger(path)
-
-    def store(node_id: str, node_hash: str, activations: np.ndarray | None = None) -> StoreEntry:
-        rows = np.ones((2, 4), np.float32) if activations is None else activations
-        return StoreEntry(node_id, node_hash, None, None, {"joy": 9.0}, "x" * 50, 0, rows, 5, False)
-
-    def table() -> dict[str, str]:
-        reader = Ledger(path, readonly=True)
-        try:
-            return dict(reader.known_hashes())
-        finally:
-            reader.close()
-
-    try:
-        assert dict(ledger.known_hashes()) == {}
-        steps = [
-            [store("a", "h1"), store("b", "h2"), SetStatus("c", "h3", "quarantined", "bad")],
-            [store("a", "h4"), DeleteNode("b")],
-            [SetStatus("b", "h5", "ineligible", "no valid tag"), DeleteNode("c")],
-        ]
-        for writes in steps:
-            ledger.apply(writes)
-            assert dict(ledger.known_hashes()) == table()
-        assert dict(ledger.known_hashes()) == {"a": "h4", "b": "h5"}
-        # A write that fails half-way rolls back, and the map with it.
-        with pytest.raises(IndexError):
-            ledger.apply([store("d", "h6"), store("a", "h7", np.zeros(3, np.float32))])
-        assert dict(ledger.known_hashes()) == table() == {"a": "h4", "b": "h5"}
-        ledger.reset()
-        assert dict(ledger.known_hashes()) == table() == {}
-    finally:
-        ledger.close()

@@ -26,8 +26,8 @@ from amygdala_daemon.core.vectors import direction
 from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.views.layers import MemoryEntries
-from tests.conftest import make_config, sample_nodes, write_jsonl
-from tests.test_publisher import check_generation
+from tests.helpers.generations import check_generation
+from tests.helpers.graphs import make_config, sample_nodes, write_jsonl
 
 LABELS = LabelsConfig()
 CONTENT = "node number {} with enough words to pass the content length rule"

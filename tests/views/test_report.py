@@ -18,7 +18,7 @@ from amygdala_daemon.store.config_file import load
 from amygdala_daemon.store.generations import current_manifest
 from amygdala_daemon.views.report import build_report
 from amygdala_daemon.views.status import status_report
-from tests.conftest import config_toml, sample_nodes, write_jsonl
+from tests.helpers.graphs import config_toml, sample_nodes, write_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

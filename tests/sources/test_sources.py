@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from amygdala_daemon.core.tags import parse_text
-from amygdala_daemon.sources import bundled_sample_path
+from amygdala_daemon.sources import ClosableSource, HintingSource, bundled_sample_path
 from amygdala_daemon.sources.base import diff, node_hash
 from amygdala_daemon.sources.directory import DirectorySource
 from amygdala_daemon.sources.errors import SourceError
@@ -176,3 +176,12 @@ def test_bundled_sample_graph_is_realistic() -> None:
     assert sum(1 for p in parsed if p.tags and len(p.content) < 40) >= 5
     kinds = {n.kind for n in snapshot.nodes.values()}
     assert {"journal", "digest", "pattern"} <= kinds
+
+
+def test_optional_capabilities_are_protocols_the_daemon_can_ask_for(tmp_path: Path) -> None:
+    from amygdala_daemon.sources.mcp import McpSource
+
+    assert issubclass(McpSource, HintingSource) and issubclass(McpSource, ClosableSource)
+    # The file sources have nothing to hint with and nothing to let go.
+    for local in (JsonlSource(tmp_path / "g.jsonl"), DirectorySource(tmp_path)):
+        assert not isinstance(local, HintingSource | ClosableSource)

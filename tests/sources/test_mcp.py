@@ -1,108 +1,33 @@
-"""The mcp source against real MCP servers: tests/memory_mcp_server.py over Streamable HTTP
+"""The mcp source against real MCP servers: tests/helpers/memory_mcp_server.py over Streamable HTTP
 (through `Engine.sync` and the real daemon), and the npm reference memory server over stdio."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-from mcp import Client
 
 from amygdala_daemon.core.config import from_dict
 from amygdala_daemon.core.errors import ConfigError
+from amygdala_daemon.core.tool_mapping import KNOWLEDGE_GRAPH_PACKAGE, effective, tool_mapping
 from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.sources.base import MAX_TEXT_CHARS, Rejected, SourceNode
 from amygdala_daemon.sources.errors import SourceError
 from amygdala_daemon.sources.mcp import McpSource, endpoint
-from amygdala_daemon.sources.mcp_mapping import (
-    KNOWLEDGE_GRAPH_PACKAGE,
-    backoff_delay,
-    effective,
-    fill,
-    map_record,
-    tool_mapping,
-)
-from tests.conftest import make_config, sample_nodes, write_jsonl
-from tests.test_daemon import DaemonProcess, free_port, next_event, request, wait_for
-from tests.test_engine import assert_same_fold
+from amygdala_daemon.sources.mcp_mapping import backoff_delay, fill, map_record
+from tests.helpers import TESTS
+from tests.helpers.daemon import DaemonProcess, next_event, request, wait_for
+from tests.helpers.folds import assert_same_fold
+from tests.helpers.graphs import edited, make_config, sample_nodes, write_jsonl
+from tests.helpers.mcp import MemoryServer
 
-REFERENCE_SERVER = (
-    Path(__file__).parent / "npm/node_modules/@modelcontextprotocol/server-memory/dist/index.js"
-)
-
-
-class MemoryServer:
-    """tests/memory_mcp_server.py as a subprocess on 127.0.0.1, and its JSON store."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.store = tmp_path / "nodes.json"
-        self.log = tmp_path / "mcp-server.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> MemoryServer:
-        argv = ["--store", str(self.store), "--port", str(self.port)]
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.memory_mcp_server", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-
-        def accepting() -> bool:
-            assert self.process is not None and self.process.poll() is None, self.log.read_text()
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(accepting, what="the MCP server")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def call(self, tool: str, **arguments: Any) -> Any:
-        async def go() -> Any:
-            async with Client(self.url, cache=None, read_timeout_seconds=30) as client:
-                result = await client.call_tool(tool, arguments)
-                assert not result.is_error, result.content
-                return result.structured_content
-
-        return anyio.run(go)
-
-    def write(self, *records: Any, seq: int | None = None) -> None:
-        """Put records straight into the store, as if written while the server was down.
-
-        Each record gets the next sequence number, or `seq` when given.
-        """
-        data = (
-            json.loads(self.store.read_text()) if self.store.exists() else {"seq": 0, "nodes": {}}
-        )
-        for number, record in enumerate(records):
-            data["seq"] += 1
-            if not isinstance(record, dict):
-                data["nodes"][f"#{number}"] = record
-                continue
-            stamped = {**record, "seq": data["seq"] if seq is None else seq}
-            data["nodes"][record.get("id", f"#{number}")] = stamped
-        self.store.write_text(json.dumps(data))
+REFERENCE_SERVER = TESTS / "npm/node_modules/@modelcontextprotocol/server-memory/dist/index.js"
 
 
 @pytest.fixture
@@ -125,11 +50,6 @@ def mcp_source(opened: list[McpSource], **keys: Any) -> McpSource:
     assert isinstance(source, McpSource)
     opened.append(source)
     return source
-
-
-def edited(node: dict[str, Any], suffix: str) -> dict[str, Any]:
-    content, _, tags = node["text"].rpartition("\n")
-    return {**node, "text": f"{content} {suffix}\n{tags}"}
 
 
 # -- config and mapping rules, no server -------------------------------------------------------
@@ -307,6 +227,7 @@ def test_a_slow_server_times_out_then_recovers(
 # -- the real daemon ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_change_notice_makes_the_daemon_poll_at_once(
     tmp_path: Path, tiny_model_dir: Path, server: MemoryServer, daemons: list[DaemonProcess]
 ) -> None:
@@ -335,6 +256,7 @@ def test_change_notice_makes_the_daemon_poll_at_once(
     assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_outage_is_reported_and_caught_up_exactly(
     tmp_path: Path, tiny_model_dir: Path, server: MemoryServer, daemons: list[DaemonProcess]
 ) -> None:

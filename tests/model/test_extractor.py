@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from amygdala_daemon.core.config import ModelConfig
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.tags import parse_text
 from amygdala_daemon.model.extractor import (
@@ -15,7 +17,9 @@ from amygdala_daemon.model.extractor import (
     find_decoder_blocks,
     resolve_layers,
 )
-from tests.conftest import TINY_LAYERS, sample_nodes
+from amygdala_daemon.model.loading import load_model
+from tests.helpers.graphs import sample_nodes
+from tests.helpers.tiny_model import TINY_LAYERS
 
 TEXTS = [parse_text(n["text"]).content for n in sample_nodes()[:40]]
 
@@ -143,3 +147,33 @@ def test_layers_resolve_and_reject_out_of_range() -> None:
         resolve_layers([-5], 4)
     assert default_layers(30) == [14, 19, 23, 26]
     assert default_layers(4) == [2, 3]
+
+
+def test_from_config_takes_every_knob_from_the_model_config(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = ModelConfig(
+        name=str(tiny_model_dir),
+        device="cpu",
+        layers=[-1, 0],
+        pooling="last",
+        sink_norm_ratio=3.0,
+        max_tokens=16,
+        batch_tokens=128,
+        batch_size=2,
+        threads=1,
+    )
+    loaded = load_model(config, tmp_path)
+    extractor = Extractor.from_config(config, loaded)
+    assert extractor.layers == [0, TINY_LAYERS - 1]
+    assert (extractor.pooling, extractor.sink_norm_ratio) == ("last", 3.0)
+    assert (extractor.max_tokens, extractor.batch_tokens, extractor.batch_size) == (16, 128, 2)
+    assert torch.get_num_threads() == 1
+    # `layers` stands in for the config's, as a sweep over every block does.
+    assert Extractor.from_config(config, loaded, layers=[1, 2]).layers == [1, 2]
+
+
+def test_an_unknown_pooling_is_refused(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    with pytest.raises(InputError, match=r"pooling: 'max' is not one of 'mean', 'last'"):
+        Extractor(model, tokenizer, [1], pooling="max")  # type: ignore[arg-type]

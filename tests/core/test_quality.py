@@ -19,11 +19,11 @@ from amygdala_daemon.core.quality import (
     cooccurrence,
     cosine_matrix,
     flag_pairs,
-    held_out_bucket,
     quality_summary,
     recommend_layers,
     rule_of_thumb_layers,
 )
+from amygdala_daemon.core.sampling import held_out_bucket
 from amygdala_daemon.core.vectors import calibrate
 from amygdala_daemon.store.ledger import Ledger
 from amygdala_daemon.store.recovery import refold

@@ -9,16 +9,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from amygdala_daemon.core.config import from_dict
 from amygdala_daemon.core.tags import parse_text
 from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.store.ledger import Ledger
 from amygdala_daemon.store.recovery import recover_fold, refold, stored_model_info
-from tests.conftest import sample_nodes, write_jsonl
-from tests.test_daemon import DaemonProcess, wait_for
-from tests.test_engine import assert_same_fold
-from tests.test_publisher import check_generation
+from tests.helpers.daemon import DaemonProcess, request, wait_for
+from tests.helpers.folds import assert_same_fold
+from tests.helpers.generations import check_generation
+from tests.helpers.graphs import sample_nodes, write_jsonl
 
 KILLS = 32
 
@@ -77,6 +79,9 @@ def check_state(daemon: DaemonProcess, config: Any) -> None:
         ledger.close()
 
 
+# 32 daemon starts and SIGKILLs: about 160 s here.
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> None:
     rng = random.Random(20261121)
     nodes = sample_nodes()
@@ -133,8 +138,6 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
         daemon.start()
         wait_for(lambda: ready_count(daemon) > KILLS, 120, "the final start")
         client = daemon.client()
-        from tests.test_daemon import request
-
         wait_for(
             lambda: request(client, {"op": "status"})["status"]["backlog"] == 0, 60, "no backlog"
         )

@@ -1,7 +1,7 @@
 """A small memory MCP server for the tests, built on the SDK's `MCPServer`.
 
-    python -m tests.memory_mcp_server --store nodes.json --port 7777     # Streamable HTTP
-    python -m tests.memory_mcp_server --store nodes.json --stdio         # stdio
+    python -m tests.helpers.memory_mcp_server --store nodes.json --port 7777     # Streamable HTTP
+    python -m tests.helpers.memory_mcp_server --store nodes.json --stdio         # stdio
 
 Nodes live in a JSON file (`{"seq": N, "nodes": {id: record}}`), read on every call and
 replaced by rename on every write, so a restart keeps them and a test may write records into

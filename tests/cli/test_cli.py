@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from amygdala_daemon.cli.main import build_parser
-from tests.conftest import config_toml, sample_nodes, write_jsonl
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+from tests.helpers.cli import one_error_line
+from tests.helpers.graphs import config_toml, sample_nodes, write_jsonl
 
 
 def cli(
@@ -36,14 +36,6 @@ def cli(
 def write_config(path: Path, **table: object) -> Path:
     path.write_text(config_toml(table))
     return path
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("amygdala-daemon: error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return errors[0]
 
 
 @pytest.fixture
@@ -99,6 +91,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert "cannot read config file" in one_error_line(result)
 
 
+# A dozen CLI subprocesses, each loading torch: about 40 s here.
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_rebuild_status_probe_and_bad_input_loses_nothing(
     tmp_path: Path, tiny_config: Path, tiny_model_dir: Path
 ) -> None:
@@ -153,6 +148,7 @@ def test_rebuild_status_probe_and_bad_input_loses_nothing(
     assert (state / "ledger.sqlite3").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_publish_and_rollback_commands(tiny_config: Path) -> None:
     assert cli("--config", str(tiny_config), "rebuild").returncode == 0
     unchanged = cli("--config", str(tiny_config), "publish")
@@ -186,6 +182,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert match.group(1).strip() in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_probe_reads_stdin_one_text_per_line(tiny_config: Path) -> None:
     assert cli("--config", str(tiny_config), "rebuild").returncode == 0
     result = subprocess.run(

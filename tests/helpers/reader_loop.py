@@ -1,6 +1,6 @@
 """A consumer process for the hammer test: poll a ReadoutWatcher in a tight loop, check everything.
 
-Usage: python tests/reader_loop.py VECTORS_PATH STOP_FILE RESULT_FILE [MANIFEST_PATH]
+Usage: python tests/helpers/reader_loop.py VECTORS_PATH STOP_FILE RESULT_FILE [MANIFEST_PATH]
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 UNITS = ROOT / "systemd"
 DAEMON = "amygdala-daemon.service"
 REBUILD = "amygdala-daemon-rebuild.service"

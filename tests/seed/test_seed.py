@@ -23,9 +23,10 @@ from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.seed.pairs import extract_pairs, read_training_dir
 from amygdala_daemon.seed.train import train
 from amygdala_daemon.sources import open_source
-from tests.conftest import make_config, sample_nodes, write_jsonl
-from tests.test_cli import one_error_line
-from tests.test_publisher import check_generation
+from tests.helpers.cli import one_error_line
+from tests.helpers.generations import check_generation
+from tests.helpers.graphs import make_config, sample_nodes, write_jsonl
+from tests.helpers.mcp import MemoryServer
 
 
 def seed_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -249,8 +250,6 @@ def test_bad_output_dir_is_refused_and_kept(tmp_path: Path, config: Config) -> N
 def test_extract_pairs_over_mcp_matches_the_same_graph_from_jsonl(
     tmp_path: Path, graph_path: Path
 ) -> None:
-    from tests.test_mcp import MemoryServer
-
     server = MemoryServer(tmp_path)
     server.write(*sample_nodes())
     server.start()

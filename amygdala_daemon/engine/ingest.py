@@ -1,0 +1,171 @@
+"""Ingestion: a snapshot becomes ledger writes; each new or changed node meets the model once.
+
+Nodes that need no forward pass (deleted, rejected by the source, untagged, empty) are written
+at once. The rest are extracted in chunks, each committed in one transaction, so a crash
+re-runs at most one chunk of model work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from amygdala_daemon.core.changes import Change, DeleteNode, SetStatus, StoreEntry, Write
+from amygdala_daemon.core.tags import ParsedText, parse_text
+from amygdala_daemon.model.extractor import Extraction, Extractor
+from amygdala_daemon.sources.base import Changes, SourceNode
+
+log = logging.getLogger(__name__)
+
+# Texts per ledger transaction: a crash re-runs at most this much model work.
+EXTRACT_CHUNK = 128
+
+ProgressFactory = Callable[[int, str], Any]
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class SyncReport:
+    """What one pass over the source did."""
+
+    applied: list[str] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    ineligible: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    changes: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.applied)} applied, {len(self.quarantined)} quarantined, "
+            f"{len(self.ineligible)} ineligible, {len(self.deleted)} deleted"
+        )
+
+
+@dataclass
+class Plan:
+    """A diff sorted into what is written now and what needs the model first."""
+
+    immediate: list[Write] = field(default_factory=list)
+    to_extract: list[tuple[SourceNode, ParsedText]] = field(default_factory=list)
+
+
+def plan_writes(
+    changes: Changes, aliases: dict[str, str], report: SyncReport, notify: EventCallback
+) -> Plan:
+    """Sort a diff: deletes, rejections and ineligible nodes now; the rest to the model."""
+    plan = Plan()
+    for rejected in changes.rejected:
+        plan.immediate.append(
+            SetStatus(rejected.id, rejected.fingerprint, "quarantined", rejected.reason)
+        )
+        report.quarantined.append((rejected.id, rejected.reason))
+        notify("node_quarantined", {"id": rejected.id, "reason": rejected.reason})
+    for node_id in changes.deletes:
+        plan.immediate.append(DeleteNode(node_id))
+        report.deleted.append(node_id)
+    for node in sorted(changes.upserts, key=lambda n: n.id):
+        parsed = parse_text(node.text, aliases)
+        reason = "" if parsed.tags else "no valid tag"
+        if parsed.tags and not parsed.content:
+            reason = "no content above the tag lines"
+        if reason:
+            plan.immediate.append(status_write(node, parsed, "ineligible", reason))
+            report.ineligible.append(node.id)
+        else:
+            plan.to_extract.append((node, parsed))
+    return plan
+
+
+def status_write(node: SourceNode, parsed: ParsedText, status: str, reason: str) -> SetStatus:
+    """The node exists but contributes nothing."""
+    return SetStatus(
+        node.id,
+        node.content_hash,
+        status,
+        reason,
+        node.kind,
+        node.updated_at,
+        len(parsed.malformed),
+    )
+
+
+def entry_write(node: SourceNode, parsed: ParsedText, result: Extraction) -> StoreEntry:
+    """The node's pooled activations, with its tags and content, for the ledger."""
+    assert result.activations is not None
+    return StoreEntry(
+        node.id,
+        node.content_hash,
+        node.kind,
+        node.updated_at,
+        parsed.tags,
+        parsed.content,
+        len(parsed.malformed),
+        result.activations,
+        result.n_tokens,
+        result.truncated,
+    )
+
+
+@dataclass
+class Ingest:
+    """Runs planned nodes through the model and hands the writes to `apply`, chunk by chunk."""
+
+    apply: Callable[[list[Write]], list[Change]]
+    """Commits writes to the ledger and folds the changes in; returns what was applied."""
+    extractor: Callable[[], Extractor]
+    """The model, loaded on first need."""
+    ledger_seq: Callable[[], int]
+    progress: ProgressFactory | None = None
+
+    def extract(
+        self,
+        to_extract: list[tuple[SourceNode, ParsedText]],
+        report: SyncReport,
+        notify: EventCallback,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Extract in chunks that each commit in one transaction; stop between chunks."""
+        extractor = self.extractor()
+        log.info("extracting %d new or changed nodes", len(to_extract))
+        bar = self.progress(len(to_extract), "extracting") if self.progress else None
+        try:
+            for start in range(0, len(to_extract), EXTRACT_CHUNK):
+                if should_stop is not None and should_stop():
+                    break
+                chunk = to_extract[start : start + EXTRACT_CHUNK]
+                results = extractor.extract(
+                    [parsed.content for _, parsed in chunk],
+                    progress=bar.update if bar is not None else None,
+                )
+                self._commit(chunk, results, report, notify)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _commit(
+        self,
+        chunk: list[tuple[SourceNode, ParsedText]],
+        results: list[Extraction],
+        report: SyncReport,
+        notify: EventCallback,
+    ) -> None:
+        writes: list[Write] = []
+        applied: list[str] = []
+        for (node, parsed), result in zip(chunk, results, strict=True):
+            if result.activations is None:
+                reason = result.error or "no activations"
+                writes.append(status_write(node, parsed, "quarantined", reason))
+                report.quarantined.append((node.id, reason))
+                notify("node_quarantined", {"id": node.id, "reason": reason})
+            else:
+                writes.append(entry_write(node, parsed, result))
+                applied.append(node.id)
+        changes = self.apply(writes)
+        report.applied += applied
+        report.changes += len(changes)
+        for node_id in applied:
+            notify("node_applied", {"id": node_id})
+        notify("batch_committed", {"nodes": len(chunk), "ledger_seq": self.ledger_seq()})
