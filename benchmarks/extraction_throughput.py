@@ -20,7 +20,7 @@ import argparse
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchlib import (
     DEFAULT_WORK,
@@ -31,6 +31,9 @@ from benchlib import (
     smollm2_cache,
     write_result,
 )
+
+if TYPE_CHECKING:
+    from amygdala_daemon.core.config import Device, ModelDtype
 
 QWEN2_1_5B_SHAPE: dict[str, Any] = {
     "hidden_size": 1536,
@@ -44,7 +47,7 @@ QWEN2_1_5B_SHAPE: dict[str, Any] = {
 }
 
 
-def load(name: str, work: Path, device: str, dtype: str) -> tuple[Any, Any]:
+def load(name: str, work: Path, device: Device, dtype: ModelDtype) -> tuple[Any, Any]:
     """The model and a tokenizer. The random model borrows SmolLM2's tokenizer: every one of
     its ids is a valid id in Qwen2's larger vocabulary, and speed does not depend on either."""
     import torch
@@ -153,7 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen2-1.5b-random"])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory")
     parser.add_argument("--texts", type=int, default=0, help="use the first N texts (0: all)")

@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--ledger-nodes", type=int, default=1000, help="entries in the ledger")
     parser.add_argument("--repeats", type=int, default=5, help="timed publishes")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory")
+    parser.add_argument(
+        "--method", default=None, help="vectors.method (default: the configuration's default)"
+    )
     args = parser.parse_args()
     threads = set_threads(args.threads)
 
@@ -140,7 +143,8 @@ def main() -> None:
     setup = Stopwatch()
     with setup.running():
         ledger, fold = build_state(work, names, args.ledger_nodes, args.hidden, rng)
-    config = from_dict({"state_dir": str(work)})
+    vectors = {"method": args.method} if args.method else {}
+    config = from_dict({"state_dir": str(work), "vectors": vectors})
     model = ModelInfo(
         model_id="synthetic",
         revision="",
@@ -153,7 +157,8 @@ def main() -> None:
     )
     print(
         f"{args.concepts} concepts x 4 layers x hidden {args.hidden}; ledger of "
-        f"{args.ledger_nodes} entries; torch threads {threads}; setup {setup.wall:.1f} s"
+        f"{args.ledger_nodes} entries; method {config.vectors.method}; "
+        f"torch threads {threads}; setup {setup.wall:.1f} s"
     )
     state = {"next_node": args.ledger_nodes}
 
@@ -172,7 +177,8 @@ def main() -> None:
 
     stages = [
         (publishing, "select_concepts"),
-        (release, "direction"),
+        (publishing, "covariance_solver"),
+        (release, "directions"),
         (publishing, "evaluation_due"),
         (publishing, "evaluate"),
         (release, "calibrate"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amygdala_daemon.core.manifest import Release
+from amygdala_daemon.core.manifest import Release, parse_manifest
 from amygdala_daemon.reader import ReadoutWatcher
 from amygdala_daemon.store.generations import serialize
 
@@ -41,12 +41,15 @@ def main() -> None:
     for layer in layers:
         rows = rng.normal(size=(14, 576))
         vectors[layer] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    manifest = {
-        "concepts": [f"c{i}" for i in range(14)],
-        "layers": layers,
-        "hidden_size": 576,
-        "generation": 1,
-    }
+    # Only the keys a reader relies on: the poll never looks at the rest.
+    manifest = parse_manifest(
+        {
+            "concepts": [f"c{i}" for i in range(14)],
+            "layers": layers,
+            "hidden_size": 576,
+            "generation": 1,
+        }
+    )
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "vectors.safetensors"
         path.write_bytes(serialize(Release(vectors, manifest), "float32")[0])

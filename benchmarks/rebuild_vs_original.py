@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # numpy is imported after the thread count is set (BLAS reads
     import numpy as np
     import numpy.typing as npt
 
+    from amygdala_daemon.core.config import Device, ModelDtype
+
     Array = npt.NDArray[np.float64]
 
 
@@ -151,7 +153,12 @@ def unit_rows(difference: Array) -> Array:
 
 
 def run_reference(
-    work: Path, device: str, dtype: str, layers: list[int], batch_size: int, emotions: int
+    work: Path,
+    device: Device,
+    dtype: ModelDtype,
+    layers: list[int],
+    batch_size: int,
+    emotions: int,
 ) -> dict[str, Any]:
     from amygdala_daemon.core.config import ModelConfig
     from amygdala_daemon.model.extractor import default_layers, find_decoder_blocks, resolve_layers
@@ -215,7 +222,13 @@ def run_reference(
 
 
 def run_rebuild(
-    work: Path, cache: Path, device: str, dtype: str, layers: list[int], threads: int, run: int
+    work: Path,
+    cache: Path,
+    device: Device,
+    dtype: ModelDtype,
+    layers: list[int],
+    threads: int,
+    run: int,
 ) -> dict[str, Any]:
     from amygdala_daemon.core.config import from_dict
     from amygdala_daemon.engine.writer import Engine
@@ -318,7 +331,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory")
     parser.add_argument("--layers", type=int, nargs="*", default=[], help="default: automatic")
     parser.add_argument("--batch-size", type=int, default=4, help="the original's fixed batch")

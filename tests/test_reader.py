@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amygdala_daemon.core.manifest import Release
+from amygdala_daemon.core.manifest import Manifest, Release
 from amygdala_daemon.engine.writer import Engine
 from amygdala_daemon.reader import ReadoutError, ReadoutWatcher, load_readout
 from amygdala_daemon.sources import open_source
@@ -58,21 +58,24 @@ def test_corrupt_new_file_keeps_the_last_good_generation(published: Path, tmp_pa
     assert watcher.current is not None and watcher.current.generation == 1
 
     replace_file(flat, (published / "gen-000002/vectors.safetensors").read_bytes()[:-100])
-    assert watcher.poll().generation == 1  # type: ignore[union-attr]
+    polled = watcher.poll()
+    assert polled is not None and polled.generation == 1
     assert watcher.last_error is not None and "do not load" in watcher.last_error
 
-    manifest = json.loads((published / "gen-000002/manifest.json").read_text())
+    manifest: Manifest = json.loads((published / "gen-000002/manifest.json").read_text())
     readout = load_readout(published / "gen-000002")
     lying = Release(
         vectors={layer: rows.astype(np.float64) for layer, rows in readout.vectors.items()},
         manifest={**manifest, "concepts": [*manifest["concepts"], "extra"]},
     )
     replace_file(flat, serialize(lying, "float32")[0])
-    assert watcher.poll().generation == 1  # type: ignore[union-attr]
+    polled = watcher.poll()
+    assert polled is not None and polled.generation == 1
     assert "has shape [14, 64], the manifest says [15, 64]" in (watcher.last_error or "")
 
     replace_file(flat, (published / "gen-000002/vectors.safetensors").read_bytes())
-    assert watcher.poll().generation == 2  # type: ignore[union-attr]
+    polled = watcher.poll()
+    assert polled is not None and polled.generation == 2
     assert watcher.last_error is None
 
 

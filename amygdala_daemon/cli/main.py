@@ -152,6 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from amygdala_daemon.views.probe import format_probe, probe_texts
 
+    if not args.tokens and (args.layer is not None or args.plots):
+        raise InputError("probe: --layer and --plots go with --tokens")
     if args.file:
         path = Path(args.file)
         try:
@@ -165,6 +167,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     else:
         raise InputError("probe: give TEXT, or --file F (one text per line; - or a pipe: stdin)")
+    if args.tokens:
+        from amygdala_daemon.cli.quality import probe_tokens_command
+
+        return probe_tokens_command(args, texts)
     results = probe_texts(config_from_args(args), texts)
     print(json.dumps(results, indent=2) if args.json else format_probe(results, args.top))
     return 0
@@ -291,6 +297,24 @@ def _add_probe(commands: Subcommands) -> None:
     probe.add_argument("--file", help="a file with one text per line (- for stdin)")
     probe.add_argument("--json", action="store_true", help="a JSON list, one object per text")
     probe.add_argument("--top", type=int, default=5, help="concepts shown per text (default 5)")
+    probe.add_argument(
+        "--tokens",
+        action="store_true",
+        help="per token: the top concepts' raw and z projections at every layer (every token, "
+        "position 0 and attention sinks included and flagged)",
+    )
+    probe.add_argument(
+        "--layer",
+        type=int,
+        help="with --tokens: the layer the table and plots show (default: each concept's best "
+        "held-out layer)",
+    )
+    probe.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="with --tokens: write DIR/tokens_<n>.png per text, tokens coloured by z (needs "
+        "matplotlib)",
+    )
     probe.set_defaults(func=cmd_probe)
 
 
@@ -312,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # No token reaches a log line, at any level, also from `publish` as a client.
+    from amygdala_daemon.serving.logfilters import install
+
+    install()
     # transformers is chatty at INFO and warns about things that are fine here.
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
@@ -320,5 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AmygdalaError as exc:
         print(f"amygdala-daemon: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # The disk refused something no layer below named (a read-only or full state
+        # directory): a state problem, one line; -v keeps the traceback for a bug.
+        log.debug("the operating system refused", exc_info=True)
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"amygdala-daemon: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

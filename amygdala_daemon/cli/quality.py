@@ -1,4 +1,4 @@
-"""Command line for `report` and `layers`: parse flags, call the library, print."""
+"""Command line for `report`, `layers`, `evaluate` and `probe --tokens`: flags, library, print."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from amygdala_daemon.cli.common import config_from_args
+from amygdala_daemon.core.config import Method
 from amygdala_daemon.core.errors import InputError
 
 if TYPE_CHECKING:
     from amygdala_daemon.cli.common import Subcommands
 
 
-def _check_plots_dir(directory: str | None) -> Path | None:
+def check_plots_dir(directory: str | None) -> Path | None:
+    """`--plots DIR` checked before any work: absent (to be made) or a directory."""
     if directory is None:
         return None
     path = Path(directory)
@@ -32,8 +34,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InputError(
             f"--crosstalk-threshold: {args.crosstalk_threshold} is not between 0 and 1"
         )
-    plots = _check_plots_dir(args.plots)
-    report = build_report(config_from_args(args), crosstalk_threshold=args.crosstalk_threshold)
+    plots = check_plots_dir(args.plots)
+    report = build_report(
+        config_from_args(args), crosstalk_threshold=args.crosstalk_threshold, method=args.method
+    )
     print(json.dumps(report.data, indent=2) if args.json else format_report(report.data))
     if plots is not None:
         from amygdala_daemon.views.plots import write_report_plots
@@ -49,7 +53,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     if args.sample < 0:
         raise InputError(f"--sample: {args.sample} is negative (0 means every eligible node)")
-    plots = _check_plots_dir(args.plots)
+    plots = check_plots_dir(args.plots)
     if plots is not None:
         # Fail before minutes of model work, not after.
         from amygdala_daemon.views.plots import require_matplotlib
@@ -72,8 +76,47 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from amygdala_daemon.views.evaluate import evaluate_rated, format_evaluation
+
+    plots = check_plots_dir(args.plots)
+    if plots is not None:
+        # Fail before the model is loaded, not after.
+        from amygdala_daemon.views.plots import require_matplotlib
+
+        require_matplotlib()
+    evaluation = evaluate_rated(config_from_args(args), Path(args.file))
+    data = evaluation.data
+    print(json.dumps(data, indent=2) if args.json else format_evaluation(data))
+    if plots is not None:
+        from amygdala_daemon.views.readout_plots import write_evaluate_plots
+
+        for path in write_evaluate_plots(plots, evaluation):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def probe_tokens_command(args: argparse.Namespace, texts: list[str]) -> int:
+    """`probe --tokens`: per-token readouts, a table or JSON, and a token map per text."""
+    from amygdala_daemon.views.tokens import format_tokens, probe_tokens
+
+    plots = check_plots_dir(args.plots)
+    if plots is not None:
+        from amygdala_daemon.views.plots import require_matplotlib
+
+        require_matplotlib()
+    results = probe_tokens(config_from_args(args), texts, top=args.top, layer=args.layer)
+    print(json.dumps(results, indent=2) if args.json else format_tokens(results))
+    if plots is not None:
+        from amygdala_daemon.views.readout_plots import write_token_plots
+
+        for path in write_token_plots(plots, results):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def add_quality_commands(commands: Subcommands) -> None:
-    """Add `report` and `layers` to the main parser's subcommands."""
+    """Add `report`, `layers` and `evaluate` to the main parser's subcommands."""
     report = commands.add_parser(
         "report",
         help="per-layer separation (AUROC), cross-talk, drift, calibration",
@@ -97,6 +140,12 @@ def add_quality_commands(commands: Subcommands) -> None:
         metavar="COS",
         help="flag concept pairs whose vectors have a cosine above this (default 0.5)",
     )
+    report.add_argument(
+        "--method",
+        choices=get_args(Method),
+        help="score and compare the concepts as this direction method would fit them from the "
+        "same ledger, instead of the published vectors (nothing is published)",
+    )
     report.set_defaults(func=cmd_report)
 
     layers = commands.add_parser(
@@ -119,3 +168,27 @@ def add_quality_commands(commands: Subcommands) -> None:
         "--plots", metavar="DIR", help="also write DIR/layer_sweep.png (needs matplotlib)"
     )
     layers.set_defaults(func=cmd_layers)
+    _add_evaluate(commands)
+
+
+def _add_evaluate(commands: Subcommands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score the published vectors against rated text (Pearson/Spearman r, AUROC)",
+        description="Read-only: run each rated text through the model (pooled as the manifest "
+        "says, tag lines stripped), project it onto the published vectors, and report per "
+        "concept and layer Pearson and Spearman r against ratings, or AUROC against true/false "
+        "labels, with the best layer per concept. RATED is JSONL, one object per line: "
+        '{"text": "...", "joy": 7, "proud": true} (every key but text and id is a concept; '
+        "null: not rated), or TSV with a header row text<TAB>joy<TAB>... A concept whose values "
+        "are all 0 or 1 counts as labels. Concepts the vectors lack are listed as skipped.",
+    )
+    evaluate.add_argument("--file", required=True, metavar="RATED", help="the rated texts")
+    evaluate.add_argument("--json", action="store_true", help="everything, as one JSON object")
+    evaluate.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="also write DIR/evaluate_<concept>.png: z-score at the best layer against the "
+        "rating, or a box plot per label (needs matplotlib)",
+    )
+    evaluate.set_defaults(func=cmd_evaluate)

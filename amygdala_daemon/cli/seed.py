@@ -181,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         Path(args.manifest) if args.manifest else None,
         layers_flag="--target-layers" if args.target_layers is not None else "config: model.layers",
         progress=lambda total, label: progress_bar(total, label, "text"),
+        method=args.method,
     )
     for name, reason in result.skipped.items():
         print(f"train: skipped {name}: {reason}")
@@ -268,5 +269,11 @@ def _add_train(commands: Subcommands) -> None:
     )
     trainer.add_argument(
         "--batch-size", metavar="N", help="most texts per batch, next to the token budget"
+    )
+    trainer.add_argument(
+        "--method",
+        choices=("mean_diff", "diag_lda", "shrinkage_lda"),
+        default="mean_diff",
+        help="direction method (default mean_diff, the seed's CAA, whatever the config says)",
     )
     trainer.set_defaults(func=cmd_train)

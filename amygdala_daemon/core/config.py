@@ -7,6 +7,7 @@ A bad value raises `ConfigError` naming the key and what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -26,7 +27,8 @@ Preset = Literal["", "knowledge-graph"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Pooling = Literal["mean", "last"]
-Method = Literal["mean_diff", "diag_lda"]
+Method = Literal["mean_diff", "diag_lda", "shrinkage_lda", "score_ridge"]
+Shrinkage = Literal["mean_eigenvalue", "oas"]
 VectorsDtype = Literal["float32", "float16", "bfloat16"]
 
 
@@ -110,8 +112,8 @@ class ModelConfig:
 
 @dataclass
 class VectorsConfig:
-    method: Method = "mean_diff"
-    """mean_diff: CAA difference of means; diag_lda: divided by pooled per-dimension variance."""
+    method: Method = "diag_lda"
+    """mean_diff (CAA), diag_lda, or the covariance-aware shrinkage_lda and score_ridge."""
     dtype: VectorsDtype = "float32"
     """dtype of the published tensors."""
     evaluation_sample: int = field(default=2000, metadata=_min(10))
@@ -120,6 +122,12 @@ class VectorsConfig:
     """Seconds a publish may reuse the last sampled evaluation; 0: evaluate at every publish."""
     evaluate_after_changes: float = field(default=0.1, metadata=_min(0.0))
     """Evaluate again once ledger steps (an edit is two) exceed this share of eligible nodes."""
+    covariance_max_hidden: int = field(default=1024, metadata=_min(1))
+    """Covariance methods keep the exact co-moment matrix up to this hidden size."""
+    covariance_sample: int = field(default=512, metadata=_min(2))
+    """Above covariance_max_hidden: nodes (lowest sha256 of id first) that estimate it."""
+    shrinkage: Shrinkage = "mean_eigenvalue"
+    """Covariance methods solve against S + mean eigenvalue * I, or OAS's shrunk S (oas)."""
 
 
 @dataclass
@@ -195,7 +203,15 @@ class ServerConfig:
     port: int = field(default=8765, metadata={"min": 0, "max": 65535})
     """Websocket port; 0 picks a free one."""
     token: str = ""
-    """Shared secret clients send as `?token=` or an Authorization bearer."""
+    """Shared secret clients send as `?token=` or an Authorization bearer (SIGHUP rotates it)."""
+    allowed_origins: list[str] = field(default_factory=list)
+    """Browser origins (scheme://host[:port]) let in; any other `Origin` header gets 403."""
+    max_connections: int = field(default=64, metadata=_min(1))
+    """Most websocket clients at once; more get 503 (kept well below the open-file limit)."""
+    force_publish_interval: float = field(default=60.0, metadata=_min(0.0))
+    """Seconds between forced publishes asked for over the websocket (0: no limit)."""
+    publish_requests_per_minute: float = field(default=10.0, metadata=_min(0.0))
+    """Publish requests let through per minute, all clients together, in bursts (0: no limit)."""
 
 
 @dataclass
@@ -256,6 +272,9 @@ def _coerce(key: str, value: Any, annotation: Any, metadata: Any) -> Any:
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if annotation is float and is_number:
         value = float(value)
+        # TOML has nan and inf; no key means either, and nan passes every min/max check.
+        if not math.isfinite(value):
+            raise ConfigError(key, f"{value!r} is not a finite number")
     elif not (
         (annotation is int and is_number and isinstance(value, int))
         or (annotation is str and isinstance(value, str))
@@ -304,6 +323,19 @@ def validate(config: Config) -> Config:
     if config.server.host not in ("127.0.0.1", "localhost", "::1") and not config.server.token:
         raise ConfigError("server.token", f"binding {config.server.host!r} requires a token")
     parse_interval(config.publish.interval)
+    labels = config.labels
+    if labels.max_negative_score is not None and (
+        labels.max_negative_score >= labels.min_positive_score
+    ):
+        raise ConfigError(
+            "labels.max_negative_score",
+            f"{labels.max_negative_score!r} must be below labels.min_positive_score "
+            f"({labels.min_positive_score!r}): a node cannot be both positive and negative",
+        )
+    layers = config.model.layers
+    twice = [layer for i, layer in enumerate(layers) if layer in layers[:i]]
+    if twice:
+        raise ConfigError("model.layers", f"layer {twice[0]} is listed twice")
     if config.source.kind == "mcp":
         _validate_mcp(config.source)
     return config

@@ -20,13 +20,15 @@ import numpy as np
 
 from amygdala_daemon.core.changes import Change, Entry
 from amygdala_daemon.core.config import LabelsConfig
+from amygdala_daemon.core.covariance import Array, Comoment
 from amygdala_daemon.core.labels import KnownConcepts, is_eligible, label_node, mention_count
 from amygdala_daemon.core.stats import Welford
 
 
-def fold_fingerprint(labels: LabelsConfig, shape: tuple[int, int]) -> str:
+def fold_fingerprint(labels: LabelsConfig, shape: tuple[int, int], covariance: bool = False) -> str:
     """What the fold depends on besides the ledger; a mismatch means refold."""
-    return json.dumps({"labels": asdict(labels), "shape": list(shape)}, sort_keys=True)
+    payload = {"labels": asdict(labels), "shape": list(shape), "covariance": covariance}
+    return json.dumps(payload, sort_keys=True)
 
 
 @dataclass
@@ -47,9 +49,19 @@ class Accumulators:
     positive: dict[str, Welford] = field(default_factory=dict)
     excluded: dict[str, Welford] = field(default_factory=dict)
     known: KnownConcepts = field(default_factory=KnownConcepts)
+    covariance: bool = False
+    """Keep the eligible nodes' full co-moment per layer (for the covariance-aware methods)."""
+    comoment: Comoment | None = field(init=False)
+    score_sum: dict[str, float] = field(default_factory=dict)
+    """Per concept: the sum of its tag scores over eligible nodes (untagged nodes score 0)."""
+    score_x: dict[str, Array] = field(default_factory=dict)
+    """Per concept: the sum of score * activations `[n_layers, hidden]`, for `score_ridge`."""
+    carriers: dict[str, int] = field(default_factory=dict)
+    """Per concept: live eligible nodes tagged with it. At 0 the concept is forgotten."""
 
     def __post_init__(self) -> None:
         self.total = Welford.empty(self.shape)
+        self.comoment = Comoment.empty(self.shape) if self.covariance else None
 
     @property
     def concepts(self) -> list[str]:
@@ -79,6 +91,10 @@ class Accumulators:
         """
         self.known.add(name)
         self.positive[name] = Welford.empty(self.shape)
+        # No live eligible node carries a tag the fold has not seen: the score sums start empty.
+        self.score_sum[name] = 0.0
+        self.score_x[name] = np.zeros(self.shape)
+        self.carriers[name] = 0
         excluded = Welford.empty(self.shape)
         for entry in seeds:
             if not is_eligible(entry.tags, entry.content, self.labels):
@@ -99,10 +115,31 @@ class Accumulators:
         labels = label_node(entry.tags, entry.content, self.known, self.labels)
         step = _add if change.sign > 0 else _remove
         step(self.total, entry.activations)
+        if self.comoment is not None:
+            step(self.comoment, entry.activations)
+        activations = entry.activations.astype(np.float64)
+        for name, score in entry.tags.items():
+            self.score_sum[name] += change.sign * score
+            self.score_x[name] += (change.sign * score) * activations
+            self.carriers[name] += change.sign
         for name in labels.positive:
             step(self.positive[name], entry.activations)
         for name in labels.excluded_from_negatives:
             step(self.excluded[name], entry.activations)
+        if change.sign < 0:
+            for name in entry.tags:
+                if self.carriers[name] == 0:
+                    self.forget(name)
+
+    def forget(self, name: str) -> None:
+        """Stop tracking a concept no live node carries: the fold shrinks back.
+
+        Whatever it held came from nodes that merely mention the word; if the tag comes back,
+        `add_concept` seeds it again from the entries live then, as a rebuild would.
+        """
+        for table in (self.positive, self.excluded, self.score_sum, self.score_x, self.carriers):
+            table.pop(name, None)
+        self.known.discard(name)
 
     @classmethod
     def from_entries(
@@ -112,9 +149,10 @@ class Accumulators:
         shape: tuple[int, int],
         labels: LabelsConfig,
         ledger_seq: int,
+        covariance: bool = False,
     ) -> Accumulators:
         """Fold a set of live entries from scratch, with every concept known up front."""
-        fold = cls(shape, labels, ledger_seq)
+        fold = cls(shape, labels, ledger_seq, covariance=covariance)
         for name in sorted(set(concepts)):
             fold.add_concept(name, ())
         for entry in entries:
@@ -123,9 +161,9 @@ class Accumulators:
         return fold
 
 
-def _add(accumulator: Welford, sample: np.ndarray) -> None:
+def _add(accumulator: Welford | Comoment, sample: np.ndarray) -> None:
     accumulator.add(sample)
 
 
-def _remove(accumulator: Welford, sample: np.ndarray) -> None:
+def _remove(accumulator: Welford | Comoment, sample: np.ndarray) -> None:
     accumulator.remove(sample)

@@ -66,6 +66,13 @@ class KnownConcepts:
             self.compound.append(name)
         return True
 
+    def discard(self, name: str) -> None:
+        """Forget `name` (no live node carries it any more)."""
+        if name in self.names:
+            self.names.discard(name)
+            if name in self.compound:
+                self.compound.remove(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self.names
 

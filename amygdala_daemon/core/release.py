@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from amygdala_daemon.core.concepts import Selection
 from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.covariance import Solver
 from amygdala_daemon.core.fold import Accumulators
 from amygdala_daemon.core.manifest import (
     Counts,
@@ -36,7 +37,7 @@ from amygdala_daemon.core.manifest import (
 )
 from amygdala_daemon.core.quality import HELD_OUT_SCHEME
 from amygdala_daemon.core.stats import Welford
-from amygdala_daemon.core.vectors import calibrate, direction
+from amygdala_daemon.core.vectors import calibrate, directions
 
 Array = npt.NDArray[np.float64]
 
@@ -86,20 +87,23 @@ def draft_release(
     created_at: str,
     registry_epoch: str,
     previous_vectors: dict[str, Array],
+    solver: Solver | None = None,
 ) -> Draft:
     """Directions and the exact parts of the manifest for `selection.rows`.
 
-    `previous_vectors` holds the last published vector of every stale row that had one.
+    `previous_vectors` holds the last published vector of every stale row that had one;
+    `solver` applies the shrunk inverse covariance, for the covariance-aware methods.
     """
     counts = {c.name: (c.n_pos, c.n_neg) for c in fold.counts()}
     stale = stale_concepts(fold, selection.rows)
     negatives = {name: fold.negatives(name) for name in selection.rows if name not in stale}
+    fitted = directions(fold, list(negatives), config.vectors.method, solver, negatives)
     units: dict[str, Array] = {}
     for name in selection.rows:
         if name in stale:
             units[name] = previous_vectors.get(name, np.zeros(fold.shape))
         else:
-            units[name] = direction(fold.positive[name], negatives[name], config.vectors.method)
+            units[name] = fitted[name]
     manifest = build_manifest(
         model,
         selection.rows,

@@ -13,6 +13,10 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _TOKEN = re.compile(r"([^\s:]+):(\S+)")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 MAX_SCORE = 10.0
+# One node names at most this many concepts, each at most this long: a node with thousands of
+# names would otherwise grow every accumulator and checkpoint by a concept per name.
+MAX_TAGS = 32
+MAX_NAME_CHARS = 48
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,12 @@ def parse_text(text: str, aliases: dict[str, str] | None = None) -> ParsedText:
     >>> p = parse_text("Fixed the bug with Maya.\\nwarmth:9 clarity:10 joy:11")
     >>> p.content, p.tags, p.malformed
     ('Fixed the bug with Maya.', {'warmth': 9.0, 'clarity': 10.0}, ('joy:11',))
+
+    Past `MAX_TAGS` distinct names, further names count as malformed:
+
+    >>> many = parse_text("Content.\\n" + " ".join(f"t{i}:5" for i in range(40)))
+    >>> len(many.tags), len(many.malformed)
+    (32, 8)
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     end = len(lines)
@@ -60,8 +70,14 @@ def parse_text(text: str, aliases: dict[str, str] | None = None) -> ParsedText:
         for token in line.split():
             name, _, value = token.partition(":")
             score = _parse_score(value)
-            if _NAME.fullmatch(name) and score is not None:
-                tags[name.lower()] = score
+            key = name.lower()
+            if (
+                _NAME.fullmatch(name)
+                and len(name) <= MAX_NAME_CHARS
+                and score is not None
+                and (key in tags or len(tags) < MAX_TAGS)
+            ):
+                tags[key] = score
             else:
                 malformed.append(token)
     content = "\n".join(lines[:start]).strip()

@@ -19,6 +19,7 @@ from amygdala_daemon.core.errors import AmygdalaError, InputError
 from amygdala_daemon.core.fold import Accumulators
 from amygdala_daemon.core.manifest import ModelInfo
 from amygdala_daemon.core.paths import StatePaths
+from amygdala_daemon.core.vectors import tracks_covariance
 from amygdala_daemon.engine.ingest import (
     EventCallback,
     Ingest,
@@ -28,10 +29,14 @@ from amygdala_daemon.engine.ingest import (
 )
 from amygdala_daemon.engine.publish import Publisher
 from amygdala_daemon.engine.settings import check_model_settings, model_settings, record_settings
+from amygdala_daemon.model.description import describe
 from amygdala_daemon.model.extractor import Extractor, ExtractorCounters
 from amygdala_daemon.sources import MemorySource
 from amygdala_daemon.sources.base import Snapshot, diff
+from amygdala_daemon.store.atomic import remove_leftovers
 from amygdala_daemon.store.checkpoint import save_checkpoint
+from amygdala_daemon.store.errors import StateWriteError, os_write_error
+from amygdala_daemon.store.generations import current_manifest
 from amygdala_daemon.store.ledger import Ledger
 from amygdala_daemon.store.lock import StateLock
 from amygdala_daemon.store.recovery import fold_changes, recover_fold, refold, stored_model_info
@@ -48,17 +53,7 @@ def load_extractor(config: Config) -> tuple[Extractor, ModelInfo]:
     model = config.model
     loaded = load_model(model, config.state_path)
     extractor = Extractor.from_config(model, loaded)
-    info = ModelInfo(
-        model_id=loaded.model_id,
-        revision=loaded.revision,
-        layers=extractor.layers,
-        hidden_size=extractor.hidden_size,
-        n_layers=extractor.n_layers,
-        pooling=model.pooling,
-        sink_norm_ratio=model.sink_norm_ratio,
-        max_tokens=model.max_tokens,
-    )
-    return extractor, info
+    return extractor, describe(loaded, extractor, model)
 
 
 class Engine:
@@ -79,8 +74,15 @@ class Engine:
         self.config = config
         self.paths = StatePaths(config.state_path)
         self.progress = progress
-        self.lock = StateLock(self.paths.root).acquire()
         try:
+            self.lock = StateLock(self.paths.root).acquire()
+        except OSError as exc:
+            failed = os_write_error(exc, exc.filename or self.paths.lock)
+            raise failed.kept("nothing was changed") from None
+        try:
+            # Temporary files of a writer killed mid-write: nobody else writes them now.
+            for directory in (self.paths.root, self.paths.published):
+                remove_leftovers(directory)
             self.ledger = Ledger(self.paths.ledger)
             if not for_full_rebuild:
                 check_model_settings(self.ledger, config)
@@ -90,6 +92,8 @@ class Engine:
                 self.fold = recover_fold(self.ledger, config, self.shape)
             self._loaded: tuple[Extractor, ModelInfo] | None = None
             self._checkpoint_seq = self.fold.ledger_seq if self.fold else 0
+            # A problem is logged when it appears, not again at every sync while it lasts.
+            self._problems_logged: set[str] = set()
         except BaseException:
             self.lock.release()
             raise
@@ -106,6 +110,12 @@ class Engine:
     def close(self) -> None:
         self.ledger.close()
         self.lock.release()
+
+    def _covariance(self) -> bool:
+        """Whether the fold keeps the full co-moment, for the configured method and width."""
+        return self.model_info is not None and tracks_covariance(
+            self.config.vectors, self.model_info.hidden_size
+        )
 
     # -- model ------------------------------------------------------------------------
 
@@ -126,7 +136,9 @@ class Engine:
         if self.model_info is None or self.ledger.live_count() == 0:
             self.model_info = info
             self.ledger.set_meta_committed("model", info.to_json())
-            self.fold = Accumulators(self.shape, self.config.labels, self.ledger.seq)
+            self.fold = Accumulators(
+                self.shape, self.config.labels, self.ledger.seq, covariance=self._covariance()
+            )
         elif asdict(self.model_info) != asdict(info):
             raise InputError(
                 f"the model now loads as {info.model_id} layers {info.layers}, but the "
@@ -169,8 +181,10 @@ class Engine:
     ) -> SyncReport:
         """`sync` for a snapshot already read."""
         report = SyncReport(problems=list(snapshot.problems))
-        for problem in snapshot.problems:
-            log.warning("source problem: %s", problem)
+        for problem in dict.fromkeys(snapshot.problems):
+            if problem not in self._problems_logged:
+                log.warning("source problem: %s", problem)
+        self._problems_logged = set(snapshot.problems)
         notify = on_change or (lambda _event, _data: None)
         changes = diff(snapshot, self.ledger.known_hashes())
         plan = plan_writes(changes, self.config.concepts.aliases, report, notify)
@@ -187,7 +201,11 @@ class Engine:
         if self.fold is None or self.fold.ledger_seq == self._checkpoint_seq:
             return False
         previous = self._checkpoint_seq
-        save_checkpoint(self.fold, self.paths.checkpoint)
+        try:
+            save_checkpoint(self.fold, self.paths.checkpoint, self.ledger.ledger_id)
+        except StateWriteError as exc:
+            # The ledger holds every change: the next checkpoint (or a refold) catches up.
+            raise exc.kept("the previous checkpoint is still whole") from None
         self._checkpoint_seq = self.fold.ledger_seq
         # Keep one checkpoint's worth of retracted entries: a reader that loaded the
         # previous checkpoint a moment ago can still replay from it.
@@ -201,24 +219,34 @@ class Engine:
                 "[model] settings and concepts.aliases cannot change on reload; "
                 "run `amygdala-daemon rebuild`"
             )
+        tracked = self.fold.covariance if self.fold is not None else False
         labels_changed = config.labels != self.config.labels
         self.config = config
-        if labels_changed and self.model_info is not None:
-            self.fold = refold(self.ledger, self.shape, config.labels)
+        if self.model_info is not None and (labels_changed or self._covariance() != tracked):
+            self.fold = refold(self.ledger, self.shape, config.labels, self._covariance())
 
     def publish(self, force: bool = False) -> Path | None:
         """Write a new generation; None when nothing changed since the newest one."""
         if self.fold is None or self.model_info is None:
             raise AmygdalaError("nothing to publish yet: no node has been ingested")
         publisher = Publisher(self.ledger, self.config, self.model_info)
-        return publisher.publish(self.fold, datetime.now(UTC), force=force)
+        try:
+            return publisher.publish(self.fold, datetime.now(UTC), force=force)
+        except (StateWriteError, OSError) as exc:
+            if isinstance(exc, StateWriteError):
+                failed = exc
+            else:
+                failed = os_write_error(exc, exc.filename or self.published)
+            current = current_manifest(self.published)
+            kept = f"generation {current['generation']} is still current" if current else ""
+            raise failed.kept(kept or "nothing is published yet") from None
 
     def rebuild(self, source: MemorySource, from_cache: bool = False) -> SyncReport:
         """Recompute everything; `from_cache` refolds stored activations without the model."""
         if from_cache:
             if self.model_info is None:
                 raise AmygdalaError("rebuild --from-cache: the ledger holds no activations yet")
-            self.fold = refold(self.ledger, self.shape, self.config.labels)
+            self.fold = refold(self.ledger, self.shape, self.config.labels, self._covariance())
             report = SyncReport()
         else:
             # Read the source and load the model before forgetting anything: bad input

@@ -315,6 +315,21 @@ class Extractor:
         self.counters.tokens += n_tokens
         return pooled
 
+    def token_activations(self, text: str) -> tuple[list[int], npt.NDArray[np.float32]]:
+        """Token ids and unpooled block outputs `[n_layers, n_tokens, hidden]` of one text.
+
+        Every token, position 0 and sinks included; cut to `max_tokens` as `extract` cuts.
+        """
+        [(ids, _)] = self.tokenize([text])
+        if not ids:
+            raise InputError("the text has no tokens")
+        input_ids = self._to_device(torch.tensor([ids], dtype=torch.long))
+        with torch.inference_mode(), capture_blocks(self.blocks, self.layers) as captured:
+            with contextlib.suppress(_StopForward):
+                self.model(input_ids=input_ids, use_cache=False)
+            outputs = self._to_host(torch.stack([captured[i][0].float() for i in self.layers]))
+        return ids, outputs.numpy()
+
     def _run_batch(self, token_lists: Sequence[list[int]]) -> list[torch.Tensor | str]:
         """Pooled activations per text; on CUDA out-of-memory, halve the budget and retry.
 

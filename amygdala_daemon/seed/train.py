@@ -7,7 +7,7 @@ On the same graph and settings the vectors equal `rebuild`'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from amygdala_daemon.core.config import Config, Method
+from amygdala_daemon.core.config import Config, Method, Shrinkage
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.manifest import Counts, Manifest, PerLayer
 from amygdala_daemon.core.stats import Welford
@@ -65,16 +65,20 @@ TrainingTexts = dict[str, dict[str, list[str]]]
 
 
 def _fold_emotion(
-    rows: Rows, layers: list[int], method: Method, evaluation_sample: int
+    rows: Rows,
+    layers: list[int],
+    method: Method,
+    evaluation_sample: int,
+    shrinkage: Shrinkage = "mean_eigenvalue",
 ) -> tuple[npt.NDArray[np.float64], Counts, PerLayer]:
     """Unit direction, counts and calibration of one emotion, as the daemon computes them."""
-    from amygdala_daemon.core.vectors import calibrate, direction
+    from amygdala_daemon.core.vectors import calibrate
 
     stats = {p: Welford.empty(rows[p][0].shape) for p in POLARITIES}
     for polarity in POLARITIES:
         for row in rows[polarity]:
             stats[polarity].add(row)
-    unit = direction(stats["positive"], stats["negative"], method)
+    unit = _unit(stats, rows, method, shrinkage)
     # Means are exact; the spread needs the projections themselves, on a bounded sample.
     spread = {}
     for polarity in POLARITIES:
@@ -94,6 +98,26 @@ def _fold_emotion(
         for i, layer in enumerate(layers)
     }
     return unit, {"n_pos": stats["positive"].count, "n_neg": stats["negative"].count}, calibration
+
+
+def _unit(
+    stats: dict[str, Welford], rows: Rows, method: Method, shrinkage: Shrinkage
+) -> npt.NDArray[np.float64]:
+    """One emotion's unit direction; the covariance is that of its own examples."""
+    from amygdala_daemon.core.covariance import Comoment, ExactCovariance
+    from amygdala_daemon.core.vectors import direction, needs_covariance, unit_difference
+
+    if not needs_covariance(method):
+        return direction(stats["positive"], stats["negative"], method)
+    if method != "shrinkage_lda":
+        raise InputError(f"train: --method {method} needs graded scores; pairs carry polarity")
+    comoment = Comoment.empty(stats["positive"].mean.shape)
+    for polarity in POLARITIES:
+        for row in rows[polarity]:
+            comoment.add(row)
+    difference = stats["positive"].mean - stats["negative"].mean
+    solved = ExactCovariance(comoment, shrinkage).solve(difference[None])[0]
+    return unit_difference(solved)
 
 
 def _none_left(skipped: dict[str, str]) -> InputError:
@@ -177,7 +201,11 @@ def _fold_emotions(
             emotions.skipped[name] = f"{reason} left after failed extractions"
             continue
         emotions.units[name], emotions.counts[name], emotions.calibration[name] = _fold_emotion(
-            rows, layers, config.vectors.method, config.vectors.evaluation_sample
+            rows,
+            layers,
+            config.vectors.method,
+            config.vectors.evaluation_sample,
+            config.vectors.shrinkage,
         )
     return emotions
 
@@ -190,19 +218,10 @@ def _train_manifest(
     emotions: _Emotions,
     skipped: dict[str, str],
 ) -> Manifest:
-    from amygdala_daemon.core.manifest import ModelInfo, build_manifest
+    from amygdala_daemon.core.manifest import build_manifest
+    from amygdala_daemon.model.description import describe
 
-    model = config.model
-    info = ModelInfo(
-        model_id=loaded.model_id,
-        revision=loaded.revision,
-        layers=extractor.layers,
-        hidden_size=extractor.hidden_size,
-        n_layers=extractor.n_layers,
-        pooling=model.pooling,
-        sink_norm_ratio=model.sink_norm_ratio,
-        max_tokens=model.max_tokens,
-    )
+    info = describe(loaded, extractor, config.model)
     manifest = build_manifest(
         info,
         list(emotions.units),
@@ -250,11 +269,15 @@ def train(
     *,
     layers_flag: str = "config: model.layers",
     progress: ProgressFactory | None = None,
+    method: Method = "mean_diff",
 ) -> TrainResult:
     """Vectors from a training directory, with the model, layers and batching of `config.model`.
 
-    `layers_flag` names where the layers came from, for the out-of-range message.
+    `method` defaults to the seed's own mean difference, whatever `vectors.method` says, so
+    seed results reproduce. `layers_flag` names where the layers came from, for the
+    out-of-range message.
     """
+    config = replace(config, vectors=replace(config.vectors, method=method))
     manifest_path = manifest_path or output.with_name("manifest.json")
     if manifest_path.resolve() == output.resolve():
         raise InputError(f"--manifest: {manifest_path} is the --output file")

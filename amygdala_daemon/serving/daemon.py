@@ -30,7 +30,9 @@ from amygdala_daemon.core.schedule import (
     parse_interval,
     poll_timeout,
 )
+from amygdala_daemon.engine.publish import resume
 from amygdala_daemon.engine.writer import Engine, SyncReport
+from amygdala_daemon.serving.limits import check_server_config
 from amygdala_daemon.serving.notify import fire, published_event
 from amygdala_daemon.serving.requests import dispatch
 from amygdala_daemon.serving.sdnotify import Notifier, watchdog_interval
@@ -38,6 +40,7 @@ from amygdala_daemon.serving.server import EventServer
 from amygdala_daemon.sources import ClosableSource, HintingSource, MemorySource, open_source
 from amygdala_daemon.sources.errors import SourceError
 from amygdala_daemon.store.config_file import load
+from amygdala_daemon.store.errors import StateWriteError
 from amygdala_daemon.views.status import SourceState, status_report
 
 log = logging.getLogger(__name__)
@@ -113,10 +116,16 @@ class Daemon:
         try:
             changes = await self._work(self._sync_now)
         except SourceError as exc:
-            if self.source_error is None:
+            # Once when it starts and once per new message: a lasting outage is not news
+            # at every poll.
+            if str(exc) != self.source_error:
                 log.warning("source error: %s", exc)
                 self.emit("source_error", error=str(exc))
             self.source_error, self.backlog = str(exc), None
+        except StateWriteError as exc:
+            # The ledger rolled the batch back: nothing is lost, the next poll tries again.
+            log.error("%s", exc)
+            self.emit("error", error=str(exc))
         else:
             if self.source_error is not None:
                 log.info("source recovered")
@@ -151,6 +160,7 @@ class Daemon:
         try:
             written = await self._work(self._publish_now, force)
         except AmygdalaError as exc:
+            log.error("%s", exc)
             self.emit("error", error=str(exc))
             return {"ok": False, "op": "publish", "error": str(exc)}
         self.debounce = DebounceState()
@@ -179,6 +189,14 @@ class Daemon:
         assert self.engine is not None
         await self._work(self.engine.checkpoint)
 
+    async def scheduled_checkpoint(self) -> None:
+        """A checkpoint the disk refuses is reported and tried again on the next schedule."""
+        try:
+            await self.checkpoint()
+        except StateWriteError as exc:
+            log.error("%s", exc)
+            self.emit("error", error=str(exc))
+
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Websocket requests."""
         return await dispatch(request, self)
@@ -206,6 +224,7 @@ class Daemon:
         try:
             fresh = load(self.config_path)
             fresh = replace(fresh, state_dir=self.config.state_dir)
+            check_server_config(fresh.server)
             assert self.engine is not None
             await self._work(self.engine.reconfigure, fresh)
         except AmygdalaError as exc:
@@ -220,6 +239,8 @@ class Daemon:
                 self.scheduler.reschedule_job(
                     "publish", trigger=publish_trigger(fresh.publish.interval)
                 )
+            if self.server is not None:
+                self.server.configure(fresh.server)
             self.config = fresh
             log.info("configuration reloaded")
         self.notifier.ready(self._status_line())
@@ -248,7 +269,7 @@ class Daemon:
             self.publish, publish_trigger(self.config.publish.interval), id="publish", **options
         )
         scheduler.add_job(
-            self.checkpoint,
+            self.scheduled_checkpoint,
             IntervalTrigger(seconds=self.config.daemon.checkpoint_interval),
             id="checkpoint",
             **options,
@@ -275,11 +296,12 @@ class Daemon:
             await self.poll()
             if self.source_error:
                 raise SourceError(self.source_error)
-            if self.engine.fold is not None:
-                await self.publish(force=False)
+            published = await self.publish(force=False) if self.engine.fold is not None else {}
             await self.checkpoint()
             if self.hook_tasks:
                 await asyncio.gather(*self.hook_tasks)
+            if published.get("ok") is False:
+                raise AmygdalaError(published["error"])
         finally:
             await self._work(self.engine.close)
             await self._work(self._close_source)
@@ -289,16 +311,18 @@ class Daemon:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        check_server_config(self.config.server)  # before the model load, not after
         self.engine = await self._work(Engine, self.config)
         try:
             # Recovery happened on open; load the model now so READY means ready.
             await self._work(self.engine.load_model)
-            self.server = EventServer(
-                self.config.server.host,
-                self.config.server.port,
-                self.config.server.token,
-                self.handle,
+            assert self.engine.fold is not None, "a loaded model gives a fold"
+            owed = await self._work(
+                resume, self.engine.published, self.config.publish, self.engine.fold.ledger_seq
             )
+            # Changes a crash kept from their debounced publish: published as they would have.
+            self.debounce = DebounceState(owed, time.monotonic()) if owed else self.debounce
+            self.server = EventServer(self.config.server, self.handle)
             await self.server.start()
             log.info("websocket on ws://%s:%d", self.config.server.host, self.server.bound_port)
             self._install_signals()
@@ -353,7 +377,7 @@ class Daemon:
             self.server.stop_accepting()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        await self.checkpoint()  # queued behind the batch in flight: it finishes first
+        await self.scheduled_checkpoint()  # queued behind the batch in flight: it runs after it
         if self.server is not None:
             await self.server.close()
         if watchdog is not None:

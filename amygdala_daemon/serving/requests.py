@@ -2,6 +2,9 @@
 
 {"op": "status"}                    -> {"ok": true, "op": "status", "status": {...}}
 {"op": "publish", "force": false}   -> {"ok": true, "op": "publish", "published": ...}
+
+A publish over its budget never reaches the daemon: the server answers it (see `limits`) with
+{"ok": false, "op": "publish", "error": "...", "retry_after": seconds}.
 """
 
 from __future__ import annotations

@@ -132,6 +132,41 @@ def diff(snapshot: Snapshot, known: Mapping[str, str]) -> Changes:
     return changes
 
 
+def lone_surrogate(value: str) -> int | None:
+    r"""Where `value` holds a lone surrogate, or None when it encodes as UTF-8.
+
+    JSON may spell one (`"\ud800"`), and Python names undecodable file-name bytes with
+    them; such a string cannot be hashed, tokenized or written to SQLite.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def storable_id(node_id: str) -> str:
+    r"""The id as the ledger stores it: itself, or with each lone surrogate escaped.
+
+    The escape (`\ud800`, backslashreplace) depends on nothing but the id, so the same
+    bad id is the same stored id on every poll, and its quarantine is not written again.
+
+    >>> storable_id("a\ud800b")
+    'a\\ud800b'
+    """
+    if lone_surrogate(node_id) is None:
+        return node_id
+    return node_id.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def not_unicode(field: str, value: str) -> str | None:
+    """The quarantine reason when `value` cannot be encoded, else None."""
+    at = lone_surrogate(value)
+    if at is None:
+        return None
+    return f"{field} is not valid Unicode (lone surrogate at character {at})"
+
+
 # Larger texts are rejected: the model sees at most `max_tokens` anyway, and the ledger
 # keeps every content string.
 MAX_TEXT_CHARS = 200_000
@@ -148,7 +183,11 @@ def check_fields(raw: object, where: str) -> SourceNode | Rejected | str:
     node_id = raw.get("id")
     if not isinstance(node_id, str) or not node_id.strip():
         return f"{where}: missing or non-string 'id'"
+    # repr escapes lone surrogates, so the fingerprint of any record can be computed.
     fingerprint = hashlib.sha256(repr(sorted(raw.items(), key=str)).encode()).hexdigest()
+    reason = not_unicode("id", node_id)
+    if reason is not None:
+        return Rejected(storable_id(node_id), reason, fingerprint)
     text = raw.get("text")
     if not isinstance(text, str):
         return Rejected(node_id, f"'text' must be a string, got {type(text).__name__}", fingerprint)
@@ -158,10 +197,10 @@ def check_fields(raw: object, where: str) -> SourceNode | Rejected | str:
     kind = raw.get("kind")
     if kind is not None and not isinstance(kind, str):
         return Rejected(node_id, f"'kind' must be a string, got {type(kind).__name__}", fingerprint)
-    updated_at = raw.get("updated_at")
-    return SourceNode(
-        id=node_id,
-        text=text,
-        kind=kind,
-        updated_at=None if updated_at is None else str(updated_at),
-    )
+    updated_at = None if raw.get("updated_at") is None else str(raw.get("updated_at"))
+    fields = {"text": text, "kind": kind or "", "updated_at": updated_at or ""}
+    for field_name, value in fields.items():
+        reason = not_unicode(field_name, value)
+        if reason is not None:
+            return Rejected(node_id, reason, fingerprint)
+    return SourceNode(id=node_id, text=text, kind=kind, updated_at=updated_at)

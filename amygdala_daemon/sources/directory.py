@@ -7,7 +7,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from amygdala_daemon.sources.base import MAX_TEXT_CHARS, Rejected, Snapshot, SourceNode
+from amygdala_daemon.sources.base import (
+    MAX_TEXT_CHARS,
+    Rejected,
+    Snapshot,
+    SourceNode,
+    lone_surrogate,
+    storable_id,
+)
 
 SUFFIXES = (".md", ".txt")
 
@@ -38,7 +45,10 @@ class DirectorySource:
             relative = path.relative_to(self.root)
             if path.suffix not in SUFFIXES or any(p.startswith(".") for p in relative.parts):
                 continue
-            node_id = relative.as_posix()
+            # A name that is not UTF-8 holds lone surrogates (os.fsdecode): escaped, it can
+            # be stored, and it stays the same id from poll to poll.
+            named = relative.as_posix()
+            node_id = storable_id(named)
             try:
                 stat = path.stat()
                 if not path.is_file():
@@ -53,6 +63,11 @@ class DirectorySource:
                 snapshot.pending.add(node_id)
                 continue
             fingerprint = hashlib.sha256(data).hexdigest()
+            at = lone_surrogate(named)
+            if at is not None:
+                reason = f"file name is not valid UTF-8 (lone surrogate at character {at})"
+                snapshot.rejected[node_id] = Rejected(node_id, reason, fingerprint)
+                continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:

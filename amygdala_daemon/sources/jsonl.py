@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amygdala_daemon.sources.base import Rejected, Snapshot, check_fields
+from amygdala_daemon.sources.base import Rejected, Snapshot, check_fields, storable_id
 
 # File timestamps come from a coarse clock: a few ms on ext4, a whole second on some
 # filesystems. A read this long after the mtime cannot share its tick with a later write.
@@ -110,8 +110,9 @@ class JsonlSource:
         if isinstance(raw, dict) and raw.get("deleted") is True:
             node_id = raw.get("id")
             if isinstance(node_id, str):
-                snapshot.nodes.pop(node_id, None)
-                snapshot.rejected.pop(node_id, None)
+                # The id the node is known by: a bad one was quarantined under its escape.
+                snapshot.nodes.pop(storable_id(node_id), None)
+                snapshot.rejected.pop(storable_id(node_id), None)
             else:
                 snapshot.problems.append(f"{where}: tombstone without a string 'id'")
             return

@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from amygdala_daemon.core.tool_mapping import MappingError, ToolMapping
-from amygdala_daemon.sources.base import Rejected, Snapshot, SourceNode, check_fields
+from amygdala_daemon.sources.base import (
+    Rejected,
+    Snapshot,
+    SourceNode,
+    check_fields,
+    lone_surrogate,
+    not_unicode,
+    storable_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +134,9 @@ def map_record(raw: Any, mapping: ToolMapping, where: str) -> SourceNode | Rejec
     node_id = record_id(raw, mapping)
     if node_id is None:
         return f"{where}: missing or non-string {mapping.id_field!r}"
+    bad_id = not_unicode("id", node_id)
+    if bad_id is not None:
+        return Rejected(storable_id(node_id), bad_id, fingerprint(raw))
     text = raw.get(mapping.text_field)
     if isinstance(text, list) and all(isinstance(item, str) for item in text):
         # The knowledge-graph preset: observations, one a line, so a trailing tag
@@ -231,9 +242,15 @@ class Reader:
             node_id = record_id(raw, mapping)
             got: SourceNode | Rejected | str | None
             if node_id is not None and is_tombstone(raw, mapping):
-                self._forget(node_id)
+                self._forget(storable_id(node_id))
                 continue
-            if node_id is not None and mapping.get_tool and mapping.text_field not in raw:
+            # An id that cannot be encoded is quarantined as listed, never fetched.
+            if (
+                node_id is not None
+                and lone_surrogate(node_id) is None
+                and mapping.get_tool
+                and mapping.text_field not in raw
+            ):
                 got = await self._get(calls, node_id, raw, where, problems)
                 if got is None:
                     self._forget(node_id)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from amygdala_daemon.core.manifest import (
 from amygdala_daemon.store.atomic import fsync_dir, replace_file, write_file
 
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
+# As the reader allows: float16 and bfloat16 rows are unit norm only to their precision.
+UNIT_TOLERANCE = 1e-2
 
 
 def read_manifest(directory: Path) -> Manifest | None:
@@ -65,22 +68,61 @@ def generation_dir(published: Path, generation: int) -> Path:
     return published / f"gen-{generation:06d}"
 
 
-def current_vectors(published: Path) -> dict[str, npt.NDArray[np.float64]]:
-    """Per concept `[n_layers, hidden]` from the current generation; {} when unreadable."""
-    manifest = current_manifest(published)
-    if manifest is None:
-        return {}
-    from safetensors.numpy import load_file
+def last_vectors(
+    published: Path, concepts: Iterable[str], registry_epoch: str, layers: list[int], hidden: int
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each concept's newest published vector `[n_layers, hidden]`, from any kept generation.
+
+    Generations are searched newest first, not only `current`: after a rollback `current`
+    may predate the concept. Only generations of this registry epoch, these layers and this
+    width count (a rebuild may have renumbered the rows, or changed the model), and only
+    rows that are unit norm at every layer.
+    """
+    wanted = set(concepts)
+    found: dict[str, npt.NDArray[np.float64]] = {}
+    for generation in reversed(generations(published)):
+        if wanted <= found.keys():
+            break
+        directory = generation_dir(published, generation)
+        manifest = read_manifest(directory)
+        if (
+            manifest is None
+            or manifest.get("registry_epoch") != registry_epoch
+            or manifest["layers"] != layers
+            or manifest["hidden_size"] != hidden
+        ):
+            continue
+        rows = {
+            name: row
+            for row, name in enumerate(manifest["concepts"])
+            if name in wanted and name not in found
+        }
+        if rows:
+            found.update(_rows(directory, rows, layers))
+    return found
+
+
+def _rows(
+    directory: Path, rows: dict[str, int], layers: list[int]
+) -> dict[str, npt.NDArray[np.float64]]:
+    """The named rows of a generation's vectors; {} when the file is unreadable."""
+    from safetensors.torch import load_file
 
     try:
-        tensors = load_file(str(published / "current" / VECTORS_FILE))
-    except (OSError, ValueError):
+        tensors = load_file(str(directory / VECTORS_FILE))
+        stacked = {
+            name: np.stack([tensors[layer_key(layer)][row].float().numpy() for layer in layers])
+            for name, row in rows.items()
+        }
+    except (OSError, ValueError, KeyError, IndexError):
         return {}
-    layers = manifest["layers"]
-    return {
-        name: np.stack([tensors[layer_key(layer)][row].astype(np.float64) for layer in layers])
-        for row, name in enumerate(manifest["concepts"])
-    }
+    kept = {}
+    for name, vector in stacked.items():
+        norms = np.linalg.norm(vector.astype(np.float64), axis=1, keepdims=True)
+        # float16 and bfloat16 rows are unit norm to their precision only: normalize again.
+        if np.all(np.isfinite(norms)) and np.all(np.abs(norms - 1.0) < UNIT_TOLERANCE):
+            kept[name] = vector.astype(np.float64) / norms
+    return kept
 
 
 def serialize(release: Release, dtype: str) -> tuple[bytes, bytes]:
@@ -115,8 +157,13 @@ def write_generation(
     keep: int,
     vectors_path: str = "",
     manifest_path: str = "",
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write, fsync, swap `current`, refresh flat copies, prune old generations."""
+    """Write, fsync, swap `current`, refresh flat copies, prune old generations.
+
+    `verify` is called on the complete directory before it gets its generation's name; if
+    it raises, the directory is removed and `current` stays what it was.
+    """
     generation = int(release.manifest["generation"])
     published.mkdir(parents=True, exist_ok=True)
     final = generation_dir(published, generation)
@@ -128,6 +175,12 @@ def write_generation(
     write_file(partial / MANIFEST_FILE, manifest)
     os.chmod(partial, 0o755)
     fsync_dir(partial)
+    if verify is not None:
+        try:
+            verify(partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     os.replace(partial, final)
     fsync_dir(published)
     swap_current(published, generation)
@@ -137,6 +190,37 @@ def write_generation(
         replace_file(Path(manifest_path), manifest)
     prune(published, keep)
     return final
+
+
+def repair_flat_copies(
+    published: Path, vectors_path: str = "", manifest_path: str = ""
+) -> list[Path]:
+    """Make the flat copies `current`'s files again where they are not; the ones rewritten.
+
+    They are renamed into place one after the other, so a crash between the two renames
+    leaves them a generation apart, and a reader that checks one against the other refuses
+    the pair until they agree again.
+    """
+    repaired = []
+    for flat, name in ((vectors_path, VECTORS_FILE), (manifest_path, MANIFEST_FILE)):
+        if not flat:
+            continue
+        try:
+            wanted = (published / "current" / name).read_bytes()
+        except OSError:
+            break  # nothing published yet, or `current` is broken: nothing to copy
+        target = Path(flat)
+        if not _holds(target, wanted):
+            replace_file(target, wanted)
+            repaired.append(target)
+    return repaired
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def prune(published: Path, keep: int) -> list[int]:

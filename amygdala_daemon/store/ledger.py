@@ -8,7 +8,9 @@ sequence S are the fold of entries with `added_seq <= S` that were not removed b
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,13 +18,12 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import sqlite_utils
+import numpy.typing as npt
 
 from amygdala_daemon.core.changes import Change, DeleteNode, Entry, StoreEntry, Write
 from amygdala_daemon.core.errors import AmygdalaError
-
-SCHEMA_VERSION = 1
-
+from amygdala_daemon.store.errors import sqlite_write_error
+from amygdala_daemon.store.ledger_schema import create_schema, new_ledger_id
 
 _ENTRY_COLUMNS = "entry_id, node_id, tags, content, activations, n_layers, hidden"
 
@@ -41,66 +42,63 @@ class Ledger:
         # The writer's {node id: hash}, kept in step by `apply` and `reset`, so a poll does
         # not read every node row again. A reader cannot keep one: the writer moves on.
         self._known: dict[str, str] | None = None
+        self.readonly = readonly
         self._keeps_known = not readonly
-        if readonly:
-            if not path.exists():
-                raise AmygdalaError(f"no ledger at {path}: nothing has been ingested yet")
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a checkpoint stamped with seq S must never be ahead of the durable ledger.
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self._create_schema()
+        if readonly and not path.exists():
+            raise AmygdalaError(f"no ledger at {path}: nothing has been ingested yet")
+        try:
+            self.conn = self._connect()
+        except sqlite3.Error as exc:
+            failed = sqlite_write_error(exc, path, "opening")
+            if failed is None:
+                raise
+            # Even a reader of a WAL database needs room for its -wal and -shm files.
+            raise failed.kept("its directory must be writable and not full") from None
         self.conn.isolation_level = None  # explicit BEGIN/COMMIT below
 
-    def _create_schema(self) -> None:
-        db = sqlite_utils.Database(self.conn)
-        if "meta" not in db.table_names():
-            db.table("meta").create({"key": str, "value": str}, pk="key")
-            db.table("nodes").create(
-                {
-                    "id": str,
-                    "hash": str,
-                    "status": str,
-                    "reason": str,
-                    "kind": str,
-                    "updated_at": str,
-                    "malformed": int,
-                    "seq": int,
-                },
-                pk="id",
-            )
-            db.table("entries").create(
-                {
-                    "entry_id": int,
-                    "node_id": str,
-                    "tags": str,
-                    "content": str,
-                    "activations": bytes,
-                    "n_layers": int,
-                    "hidden": int,
-                    "n_tokens": int,
-                    "truncated": int,
-                    "added_seq": int,
-                    "removed_seq": int,
-                },
-                pk="entry_id",
-            )
-            db.table("entries").create_index(["added_seq"])
-            db.table("entries").create_index(["removed_seq"])
-            self.conn.execute(
-                "CREATE UNIQUE INDEX entries_live ON entries(node_id) WHERE removed_seq IS NULL"
-            )
-            db.table("registry").create({"concept": str, "row": int}, pk="concept")
-            self.conn.execute(
-                "INSERT INTO meta VALUES ('schema', ?), ('seq', '0')", (str(SCHEMA_VERSION),)
-            )
-            self.conn.commit()
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            try:
+                conn.execute("PRAGMA schema_version").fetchone()  # opens the -wal and -shm now
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+                wal = self.path.with_name(self.path.name + "-wal")
+                if wal.exists() or os.access(self.path.parent, os.W_OK):
+                    raise
+            # A read-only directory and no -wal: no writer has the ledger open, and none can
+            # write through this mount, so the file cannot change while it is read.
+            return sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a checkpoint stamped with seq S must never be ahead of the durable ledger.
+        conn.execute("PRAGMA synchronous=FULL")
+        create_schema(conn)
+        return conn
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: committed whole, or rolled back whole."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            # A full disk may already have rolled it back: SQLite does so for SQLITE_FULL.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            # A reader that tries to write is a bug, not a disk problem: left as it is.
+            failed = None
+            if isinstance(exc, sqlite3.Error) and not self.readonly:
+                failed = sqlite_write_error(exc, self.path)
+            if failed is not None:
+                raise failed.kept("the ledger is unchanged") from None
+            raise
 
     # -- meta -------------------------------------------------------------------------
 
@@ -114,6 +112,15 @@ class Ledger:
     @property
     def seq(self) -> int:
         return int(self.get_meta("seq") or 0)
+
+    @property
+    def ledger_id(self) -> str:
+        """Which history the sequence numbers count: new for every new or reset ledger.
+
+        Sequence numbers restart with a new ledger, so `ledger_seq` alone cannot tell a
+        checkpoint of this ledger from one of a ledger that was deleted or reset.
+        """
+        return self.get_meta("ledger_id") or ""
 
     # -- reads ------------------------------------------------------------------------
 
@@ -194,53 +201,23 @@ class Ledger:
     # -- writes -----------------------------------------------------------------------
 
     def apply(self, writes: list[Write]) -> list[Change]:
-        """Apply writes in one transaction; return the fold steps they caused, in order."""
+        """Apply writes in one transaction; return the fold steps they caused, in order.
+
+        No writes, no transaction: an idle poll leaves the files alone (a full disk included).
+        """
+        if not writes:
+            return []
         changes: list[Change] = []
         hashes: dict[str, str | None] = {}
-        seq = self.seq
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for write in writes:
-                live = self.conn.execute(
-                    f"SELECT {_ENTRY_COLUMNS} FROM entries "
-                    "WHERE node_id = ? AND removed_seq IS NULL",
-                    (write.node_id,),
-                ).fetchone()
-                if live is not None:
-                    seq += 1
-                    self.conn.execute(
-                        "UPDATE entries SET removed_seq = ? WHERE entry_id = ?", (seq, live[0])
-                    )
-                    changes.append(Change(seq, -1, _entry(live)))
-                if isinstance(write, DeleteNode):
-                    self.conn.execute("DELETE FROM nodes WHERE id = ?", (write.node_id,))
-                    hashes[write.node_id] = None
-                    continue
-                if isinstance(write, StoreEntry):
-                    seq += 1
-                    changes.append(Change(seq, 1, self._insert_entry(write, seq)))
-                    status, reason = "stored", ""
-                else:
-                    status, reason = write.status, write.reason
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        write.node_id,
-                        write.hash,
-                        status,
-                        reason,
-                        write.kind,
-                        write.updated_at,
-                        write.malformed,
-                        seq,
-                    ),
-                )
-                hashes[write.node_id] = write.hash
-            self.set_meta("seq", str(seq))
-            self.conn.execute("COMMIT")
+            with self._transaction():
+                seq = self.seq
+                for write in writes:
+                    seq = self._apply_write(write, seq, changes)
+                    hashes[write.node_id] = None if isinstance(write, DeleteNode) else write.hash
+                self.set_meta("seq", str(seq))
         except BaseException:
             self._known = None  # whatever was written is undone: read it again when asked
-            self.conn.execute("ROLLBACK")
             raise
         if self._known is not None:
             for node_id, node_hash in hashes.items():
@@ -249,6 +226,34 @@ class Ledger:
                 else:
                     self._known[node_id] = node_hash
         return changes
+
+    def _apply_write(self, write: Write, seq: int, changes: list[Change]) -> int:
+        """Retract the node's live entry, then delete, store or mark it; the sequence after."""
+        live = self.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE node_id = ? AND removed_seq IS NULL",
+            (write.node_id,),
+        ).fetchone()
+        if live is not None:
+            seq += 1
+            self.conn.execute(
+                "UPDATE entries SET removed_seq = ? WHERE entry_id = ?", (seq, live[0])
+            )
+            changes.append(Change(seq, -1, _entry(live)))
+        if isinstance(write, DeleteNode):
+            self.conn.execute("DELETE FROM nodes WHERE id = ?", (write.node_id,))
+            return seq
+        if isinstance(write, StoreEntry):
+            seq += 1
+            changes.append(Change(seq, 1, self._insert_entry(write, seq)))
+            status, reason = "stored", ""
+        else:
+            status, reason = write.status, write.reason
+        node = (write.node_id, write.hash, status, reason, write.kind, write.updated_at)
+        self.conn.execute(
+            "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*node, write.malformed, seq),
+        )
+        return seq
 
     def _insert_entry(self, write: StoreEntry, seq: int) -> Entry:
         activations = np.ascontiguousarray(write.activations, dtype=np.float32)
@@ -273,31 +278,32 @@ class Ledger:
 
     def forget_retracted(self, upto_seq: int) -> int:
         """Drop entries retracted at or before `upto_seq` (a checkpoint already holds them)."""
-        cursor = self.conn.execute("DELETE FROM entries WHERE removed_seq <= ?", (upto_seq,))
+        with self._transaction():
+            cursor = self.conn.execute("DELETE FROM entries WHERE removed_seq <= ?", (upto_seq,))
         return int(cursor.rowcount)
 
     def reset(self) -> None:
-        """Forget every node and entry (for `rebuild`); the sequence keeps counting up."""
+        """Forget every node and entry (for `rebuild`); the sequence keeps counting up.
+
+        The ledger gets a new identity in the same transaction: a checkpoint of what was
+        forgotten must never be replayed onto what comes next, even if `rebuild` is killed
+        before it removes that checkpoint.
+        """
         self._known = None
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute("DELETE FROM entries")
-        self.conn.execute("DELETE FROM nodes")
-        self.conn.execute("COMMIT")
+        with self._transaction():
+            self.conn.execute("DELETE FROM entries")
+            self.conn.execute("DELETE FROM nodes")
+            self.set_meta("ledger_id", new_ledger_id())
 
     def renumber_registry(self) -> None:
         """Forget row assignments and start a new registry epoch, in one transaction.
 
         Only `rebuild` may renumber concepts; consumers see the new epoch in the manifest.
         """
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self.conn.execute("DELETE FROM registry")
             epoch = int(self.get_meta("registry_epoch") or 0) + 1
             self.set_meta("registry_epoch", str(epoch))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     # -- concept registry (row order of published tensors) ----------------------------
 
@@ -306,15 +312,50 @@ class Ledger:
         return [str(concept) for (concept,) in rows]
 
     def register(self, concepts: list[str]) -> None:
-        """Append concepts to the registry; existing ones keep their row."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        row = int(self.conn.execute("SELECT coalesce(max(row) + 1, 0) FROM registry").fetchone()[0])
-        for concept in concepts:
-            self.conn.execute("INSERT OR IGNORE INTO registry VALUES (?, ?)", (concept, row))
-            row += 1
-        self.conn.execute("COMMIT")
+        """Append concepts to the registry; existing ones keep their row.
+
+        Nothing new, no transaction: every publish registers its rows.
+        """
+        registered = set(self.registry())
+        if all(concept in registered for concept in concepts):
+            return
+        with self._transaction():
+            query = "SELECT coalesce(max(row) + 1, 0) FROM registry"
+            row = int(self.conn.execute(query).fetchone()[0])
+            for concept in concepts:
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO registry (concept, row) VALUES (?, ?)", (concept, row)
+                )
+                row += 1
+
+    def keep_vectors(self, vectors: Mapping[str, npt.NDArray[np.float64]]) -> None:
+        """Store each registered concept's vector as just published, `[n_layers, hidden]`.
+
+        A concept that loses all its data keeps its row and its last vector; kept here, that
+        vector survives the generation directories being pruned or deleted.
+        """
+        with self._transaction():
+            for concept, vector in vectors.items():
+                blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+                self.conn.execute(
+                    "UPDATE registry SET vector = ? WHERE concept = ?", (blob, concept)
+                )
+
+    def kept_concepts(self) -> set[str]:
+        """Concepts whose last published vector `keep_vectors` has stored."""
+        rows = self.conn.execute("SELECT concept FROM registry WHERE vector IS NOT NULL")
+        return {str(concept) for (concept,) in rows}
+
+    def kept_vectors(self, shape: tuple[int, int]) -> dict[str, npt.NDArray[np.float64]]:
+        """The vectors `keep_vectors` stored, for concepts whose vector has this shape."""
+        rows = self.conn.execute("SELECT concept, vector FROM registry WHERE vector IS NOT NULL")
+        size = shape[0] * shape[1] * np.dtype(np.float32).itemsize
+        return {
+            str(concept): np.frombuffer(blob, dtype=np.float32).reshape(shape).astype(np.float64)
+            for concept, blob in rows
+            if len(blob) == size
+        }
 
     def set_meta_committed(self, key: str, value: str) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.set_meta(key, value)
-        self.conn.execute("COMMIT")
+        with self._transaction():
+            self.set_meta(key, value)

@@ -1,35 +1,60 @@
-"""One writer per state directory, enforced by an OS file lock that names its holder."""
+"""One writer per state directory, enforced by an OS file lock that names its holder.
+
+The lock is an open file description lock (Linux `F_OFD_SETLK`) on the whole of
+`<state_dir>/writer.lock`. Unlike `flock`, such a lock can be tested without being taken
+(`F_OFD_GETLK`), so read-only commands ask who holds it and never hold it themselves, not even
+for an instant in which a writer starting up would find it taken. Unlike a classic POSIX
+lock, closing some other descriptor of the file in the same process does not release it.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import struct
 from pathlib import Path
 from types import TracebackType
 
 from amygdala_daemon.core.errors import LockedError
 from amygdala_daemon.core.paths import StatePaths
 
+# struct flock: l_type, l_whence, l_start, l_len, l_pid, padded as the kernel lays it out.
+_FLOCK = "hhqqi4x"
+
+
+def _whole_file(kind: int) -> bytes:
+    """A `struct flock` for the whole file; l_pid must be 0 for open file description locks."""
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _recorded_pid(descriptor: int) -> str:
+    return os.pread(descriptor, 64, 0).decode(errors="replace").strip()
+
 
 def lock_holder(state_dir: Path) -> int | None:
-    """The pid holding the writer lock, or None when nobody does."""
+    """The pid holding the writer lock, or None when nobody does.
+
+    Only asks: the lock is never taken here. -1 when it is held but the holder has not
+    written its pid yet.
+    """
     path = StatePaths(state_dir).lock
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.pread(descriptor, 64, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
+        answer = fcntl.fcntl(descriptor, fcntl.F_OFD_GETLK, _whole_file(fcntl.F_RDLCK))
+        if struct.unpack(_FLOCK, answer)[0] == fcntl.F_UNLCK:
+            return None
+        text = _recorded_pid(descriptor)
     finally:
         os.close(descriptor)
-    return None
+    return int(text) if text.isdigit() else -1
 
 
 class StateLock:
-    """An exclusive `flock` on `<state_dir>/writer.lock`, released when the process dies.
+    """An exclusive lock on `<state_dir>/writer.lock`, released when the process dies.
 
     The kernel drops the lock on exit, SIGKILL included, so a crash never leaves it stale.
     """
@@ -42,10 +67,12 @@ class StateLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+            fcntl.fcntl(descriptor, fcntl.F_OFD_SETLK, _whole_file(fcntl.F_WRLCK))
+        except OSError as exc:
+            holder = _recorded_pid(descriptor) or "unknown"
             os.close(descriptor)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
             raise LockedError(
                 f"state directory {self.path.parent} is in use by another amygdala-daemon "
                 f"writer (pid {holder}); stop it first, or use read-only commands "

@@ -13,6 +13,7 @@ from amygdala_daemon.core.fold import Accumulators
 from amygdala_daemon.core.labels import is_eligible
 from amygdala_daemon.core.manifest import ModelInfo
 from amygdala_daemon.core.paths import StatePaths
+from amygdala_daemon.core.vectors import tracks_covariance
 from amygdala_daemon.store.checkpoint import load_checkpoint
 from amygdala_daemon.store.ledger import Ledger
 
@@ -29,21 +30,34 @@ def fold_changes(fold: Accumulators, changes: Iterable[Change], ledger: Ledger) 
         fold.apply(change)
 
 
-def refold(ledger: Ledger, shape: tuple[int, int], labels: LabelsConfig) -> Accumulators:
-    """The fold of every live entry in the ledger, under `labels`. No model needed."""
+def refold(
+    ledger: Ledger, shape: tuple[int, int], labels: LabelsConfig, covariance: bool = False
+) -> Accumulators:
+    """The fold of every live entry in the ledger, under `labels`. No model needed.
+
+    `covariance` also keeps the full co-moment per layer (see `vectors.tracks_covariance`).
+    """
     concepts: set[str] = set()
     for _, tags, content in ledger.live_labels():
         if is_eligible(tags, content, labels):
             concepts.update(tags)
-    return Accumulators.from_entries(ledger.live_entries(), concepts, shape, labels, ledger.seq)
+    return Accumulators.from_entries(
+        ledger.live_entries(), concepts, shape, labels, ledger.seq, covariance=covariance
+    )
 
 
 def recover_fold(ledger: Ledger, config: Config, shape: tuple[int, int]) -> Accumulators:
-    """Checkpoint plus replay of newer ledger rows; a full refold if the checkpoint is unusable."""
+    """Checkpoint plus replay of newer ledger rows; a full refold if the checkpoint is unusable.
+
+    Unusable: made under other settings, ahead of the ledger, or made of another ledger (one
+    since deleted or reset, whose sequence numbers meant other changes).
+    """
     labels = config.labels
-    fold = load_checkpoint(StatePaths(config.state_path).checkpoint, labels, shape)
+    covariance = tracks_covariance(config.vectors, shape[1])
+    checkpoint = StatePaths(config.state_path).checkpoint
+    fold = load_checkpoint(checkpoint, labels, shape, covariance, ledger_id=ledger.ledger_id)
     if fold is None or fold.ledger_seq > ledger.seq:
-        return refold(ledger, shape, labels)
+        return refold(ledger, shape, labels, covariance)
     fold_changes(fold, ledger.changes_since(fold.ledger_seq), ledger)
     fold.ledger_seq = ledger.seq
     return fold

@@ -17,7 +17,8 @@ import numpy as np
 
 from amygdala_daemon.core.changes import Entry
 from amygdala_daemon.core.concepts import select_concepts
-from amygdala_daemon.core.config import ConceptsConfig, Config, LabelsConfig
+from amygdala_daemon.core.config import ConceptsConfig, Config, LabelsConfig, Method, Shrinkage
+from amygdala_daemon.core.covariance import ExactCovariance
 from amygdala_daemon.core.errors import AmygdalaError
 from amygdala_daemon.core.evaluation import cross_validate
 from amygdala_daemon.core.fold import Accumulators
@@ -31,6 +32,7 @@ from amygdala_daemon.core.quality import (
 )
 from amygdala_daemon.core.sampling import sample_key
 from amygdala_daemon.core.tags import parse_text
+from amygdala_daemon.core.vectors import needs_covariance
 from amygdala_daemon.sources import open_source
 
 DEFAULT_SAMPLE = 300
@@ -103,7 +105,8 @@ def score_layers(
     layers: Sequence[int],
     labels: LabelsConfig,
     concepts_config: ConceptsConfig,
-    method: str,
+    method: Method,
+    shrinkage: Shrinkage = "mean_eigenvalue",
 ) -> dict[str, Any]:
     """Held-out AUROC per concept and layer over `entries`, and the recommended layers.
 
@@ -113,11 +116,14 @@ def score_layers(
         raise AmygdalaError("layers: no eligible node to sweep")
     shape = (len(layers), int(entries[0].activations.shape[1]))
     names = {name for e in entries if is_eligible(e.tags, e.content, labels) for name in e.tags}
-    fold = Accumulators.from_entries(entries, names, shape, labels, 0)
+    covariance = needs_covariance(method)
+    fold = Accumulators.from_entries(entries, names, shape, labels, 0, covariance=covariance)
     counts = {c.name: (c.n_pos, c.n_neg) for c in fold.counts()}
     selection = select_concepts(counts, [], concepts_config)
     concepts = sorted(selection.rows)
-    scores = cross_validate(fold, MemoryEntries(entries), concepts, method, len(entries))
+    solver = ExactCovariance(fold.comoment, shrinkage) if fold.comoment is not None else None
+    store = MemoryEntries(entries)
+    scores = cross_validate(fold, store, concepts, method, len(entries), solver)
     table = {
         name: [scores[name].auroc(i) if name in scores else math.nan for i in range(len(layers))]
         for name in concepts
@@ -162,7 +168,12 @@ def layer_sweep(config: Config, sample: int = DEFAULT_SAMPLE) -> dict[str, Any]:
     entries, model_id = capture_all_layers(config, nodes)
     n_layers = int(entries[0].activations.shape[0]) if entries else 0
     result = score_layers(
-        entries, list(range(n_layers)), config.labels, config.concepts, config.vectors.method
+        entries,
+        list(range(n_layers)),
+        config.labels,
+        config.concepts,
+        config.vectors.method,
+        config.vectors.shrinkage,
     )
     mean_by_layer = {
         int(k): (math.nan if v is None else v) for k, v in result["mean_auroc"].items()

@@ -30,7 +30,7 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def _save(plt: Any, figure: Any, path: Path) -> Path:
+def save_figure(plt: Any, figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # tight: long concept names and rotated ticks must never be clipped.
     figure.savefig(path, dpi=110, bbox_inches="tight")
@@ -95,7 +95,7 @@ def crosstalk_heatmap(
     )
     # Leave the top strip to the suptitle, so it never sits on a panel title.
     figure.tight_layout(rect=(0.0, 0.0, 1.0, 0.97))
-    return _save(plt, figure, path)
+    return save_figure(plt, figure, path)
 
 
 def auroc_heatmap(
@@ -137,7 +137,7 @@ def auroc_heatmap(
                     )
     bar = figure.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     bar.set_label("held-out AUROC (0.5 = chance)")
-    return _save(plt, figure, path)
+    return save_figure(plt, figure, path)
 
 
 def projection_histograms(
@@ -189,7 +189,7 @@ def projection_histograms(
         ncol=2,
         fontsize=10,
     )
-    return _save(plt, figure, path)
+    return save_figure(plt, figure, path)
 
 
 def write_report_plots(

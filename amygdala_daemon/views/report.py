@@ -8,13 +8,13 @@ activations.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.config import Config, Method
 from amygdala_daemon.core.errors import AmygdalaError
 from amygdala_daemon.core.evaluation import cross_validate
 from amygdala_daemon.core.fold import Accumulators
@@ -31,9 +31,11 @@ from amygdala_daemon.core.quality import (
     flag_pairs,
     nan_mean,
 )
+from amygdala_daemon.core.vectors import as_method, directions
 from amygdala_daemon.store.generations import current_manifest, generation_dir, generations
 from amygdala_daemon.store.ledger import Ledger
 from amygdala_daemon.store.recovery import recover_fold, stored_model_info
+from amygdala_daemon.store.samples import covariance_solver
 
 # Histograms are drawn for this many of the weakest concepts.
 WEAKEST_SHOWN = 4
@@ -109,6 +111,8 @@ class _LedgerReading:
     positives: dict[str, set[str]]
     counts: dict[str, tuple[int, int]]
     ledger_seq: int
+    refit: dict[int, Array] | None
+    """Directions fit from the fold with another method than the published one, per layer."""
 
 
 def _published_manifest(published: Path) -> Manifest:
@@ -132,8 +136,25 @@ def _positive_sets(ledger: Ledger, fold: Accumulators, concepts: list[str]) -> d
     return positives
 
 
+def _refit(
+    fold: Accumulators, ledger: Ledger, config: Config, concepts: list[str], method: Method
+) -> dict[int, Array]:
+    """`[n_concepts, hidden]` per layer index: the concepts' directions under `method`."""
+    solver = covariance_solver(fold, ledger, _with_method(config, method))
+    counts = {c.name: (c.n_pos, c.n_neg) for c in fold.counts()}
+    fitted = [name for name in concepts if min(counts.get(name, (0, 0))) > 0]
+    units = directions(fold, fitted, method, solver)
+    zeros = np.zeros(fold.shape)
+    stacked = np.stack([units.get(name, zeros) for name in concepts])
+    return {i: stacked[:, i, :] for i in range(fold.shape[0])}
+
+
+def _with_method(config: Config, method: Method) -> Config:
+    return replace(config, vectors=replace(config.vectors, method=method))
+
+
 def _read_ledger(
-    config: Config, concepts: list[str], layers: list[int], method: str
+    config: Config, concepts: list[str], layers: list[int], method: Method, refit: bool
 ) -> _LedgerReading:
     ledger_path = StatePaths(config.state_path).ledger
     ledger = Ledger(ledger_path, readonly=True)
@@ -148,12 +169,17 @@ def _read_ledger(
                 f"report: the ledger holds layers {info.layers} but the current generation "
                 f"has {layers}; publish again (`amygdala-daemon publish --force`)"
             )
-        fold = recover_fold(ledger, config, (len(info.layers), info.hidden_size))
+        shape = (len(info.layers), info.hidden_size)
+        settings = _with_method(config, method)
+        fold = recover_fold(ledger, settings, shape)
+        solver = covariance_solver(fold, ledger, settings)
+        sample = config.vectors.evaluation_sample
         reading = _LedgerReading(
-            scores=cross_validate(fold, ledger, concepts, method, config.vectors.evaluation_sample),
+            scores=cross_validate(fold, ledger, concepts, method, sample, solver),
             positives=_positive_sets(ledger, fold, concepts),
             counts={c.name: (c.n_pos, c.n_neg) for c in fold.counts()},
             ledger_seq=ledger.seq,
+            refit=_refit(fold, ledger, config, concepts, method) if refit else None,
         )
         ledger.conn.execute("COMMIT")
     finally:
@@ -261,17 +287,27 @@ def _crosstalk(
     }
 
 
-def build_report(config: Config, crosstalk_threshold: float = 0.5) -> QualityReport:
-    """Held-out AUROC and Cohen's d, drift, cross-talk and co-occurrence of the current vectors."""
+def build_report(
+    config: Config, crosstalk_threshold: float = 0.5, method: Method | None = None
+) -> QualityReport:
+    """Held-out AUROC and Cohen's d, drift, cross-talk and co-occurrence of the current vectors.
+
+    With `method`, the published concepts are scored and compared as that method would fit
+    them from the same ledger, without publishing anything.
+    """
     published = StatePaths(config.state_path).published
     manifest = _published_manifest(published)
     concepts: list[str] = list(manifest["concepts"])
     layers: list[int] = list(manifest["layers"])
-    method = str(manifest.get("method", config.vectors.method))
-    reading = _read_ledger(config, concepts, layers, method)
+    published_method = as_method(manifest.get("method", config.vectors.method))
+    refit = method is not None and method != published_method
+    method = method or published_method
+    reading = _read_ledger(config, concepts, layers, method, refit)
     generation = int(manifest["generation"])
     current = load_vectors(published / "current", layers)
     previous_generation, drift = _drift(concepts, current, published, generation)
+    if reading.refit is not None:
+        current = {layer: reading.refit[i] for i, layer in enumerate(layers)}
     matrices = {layer: cosine_matrix(current[layer]) for layer in layers if layer in current}
     both, jaccard = cooccurrence(concepts, reading.positives)
     rows = _concept_rows(manifest, reading, drift)

@@ -46,14 +46,28 @@ def status_report(config: Config, source_state: SourceState | None = None) -> di
         "writer_pid": lock_holder(state),
         "source": None,
         "source_error": None,
+        "warnings": [],
     }
     ledger_path = StatePaths(state).ledger
     known: Mapping[str, str] = {}
     if ledger_path.exists():
         fields, known = _ledger_fields(ledger_path, config, manifest)
         report.update(fields)
+        report["warnings"] = _warnings(config, report)
     report.update(_source_fields(config, known, source_state))
     return report
+
+
+def _warnings(config: Config, report: dict[str, Any]) -> list[str]:
+    """Settings that quietly do nothing: an included concept that no node carries."""
+    if not report["nodes"]["applied"]:
+        return []  # nothing ingested yet: no node carries anything
+    carried = {concept["name"] for concept in report["concepts"]}
+    return [
+        f"concepts.include names {name!r}, but no node carries it"
+        for name in config.concepts.include
+        if name not in carried
+    ]
 
 
 def _ledger_fields(
@@ -149,6 +163,9 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(
                 f"{concept['name']:<20} {concept['n_pos']:>6} {concept['n_neg']:>6}  {mark}"
             )
+    if report["warnings"]:
+        lines.append("")
+        lines.extend(f"warning: {warning}" for warning in report["warnings"])
     if report["quarantined"]:
         lines.append("")
         lines.append("quarantined:")

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,7 @@ def test_rebuild_status_probe_and_bad_input_loses_nothing(
 
     state = tmp_path / "state"
     before = (state / "ledger.sqlite3").read_bytes()
-    bad_cases = {
+    bad_cases: dict[str, tuple[dict[str, object], str]] = {
         "missing-source.toml": (
             {"source": {"kind": "jsonl", "path": str(tmp_path / "missing.jsonl")}},
             "cannot read jsonl source",
@@ -173,6 +174,23 @@ def test_every_subcommand_is_in_the_readme() -> None:
         assert command in help_text, command
         assert f"amygdala-daemon {command}" in readme, f"README does not show {command}"
         assert sub.description, f"{command} --help explains itself"
+
+
+def every_parser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from every_parser(sub)
+
+
+def test_no_help_shows_a_doubled_percent_sign() -> None:
+    # argparse %-formats argument help but prints descriptions and epilogs as written, so a
+    # `%%` copied from one into the other shows up doubled.
+    parsers = list(every_parser(build_parser()))
+    assert len(parsers) > 5, "the walk reaches the subcommands"
+    for parser in parsers:
+        assert "%%" not in parser.format_help(), f"{parser.prog} --help shows '%%'"
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -31,7 +31,8 @@ def test_every_field_has_a_default_and_a_docstring() -> None:
                     and isinstance(following, ast.Expr)
                     and isinstance(following.value, ast.Constant)
                 ):
-                    documented.add((node.name, item.target.id))  # type: ignore[union-attr]
+                    assert isinstance(item.target, ast.Name), ast.dump(item)
+                    documented.add((node.name, item.target.id))
     sections = [Config] + [
         typing.get_type_hints(Config)[f.name]
         for f in dataclasses.fields(Config)
@@ -81,7 +82,8 @@ def test_values_are_checked_and_coerced() -> None:
         ),
         (
             {"vectors": {"method": "lda"}},
-            "config: vectors.method: 'lda' is not one of 'mean_diff', 'diag_lda'",
+            "config: vectors.method: 'lda' is not one of "
+            "'mean_diff', 'diag_lda', 'shrinkage_lda', 'score_ridge'",
         ),
         (
             {"source": {"preset": "zep"}},
@@ -99,6 +101,6 @@ def test_a_choice_key_accepts_its_literal_values_only(table: dict[str, Any], mes
 def test_choice_keys_are_literals_and_every_preset_has_a_name() -> None:
     hints = typing.get_type_hints(ModelConfig)
     assert hints["pooling"] is Pooling and typing.get_args(Pooling) == ("mean", "last")
-    assert typing.get_args(Method) == ("mean_diff", "diag_lda")
+    assert typing.get_args(Method) == ("mean_diff", "diag_lda", "shrinkage_lda", "score_ridge")
     assert from_dict({"model": {"pooling": "last"}}).model.pooling == "last"
     assert set(typing.get_args(Preset)) == {"", *PRESETS}

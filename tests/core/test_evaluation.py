@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 
 from amygdala_daemon.core.changes import Entry
-from amygdala_daemon.core.config import LabelsConfig, VectorsConfig
+from amygdala_daemon.core.config import LabelsConfig, Method, VectorsConfig
 from amygdala_daemon.core.evaluation import (
     MIN_POSITIVES,
     choose_sample,
     cross_validate,
     evaluate,
     evaluation_due,
-    sample_key,
 )
 from amygdala_daemon.core.fold import Accumulators
-from amygdala_daemon.core.sampling import held_out_bucket
+from amygdala_daemon.core.sampling import held_out_bucket, sample_key
 from amygdala_daemon.core.stats import Welford
 from amygdala_daemon.core.vectors import direction
 from amygdala_daemon.engine.writer import Engine
@@ -62,7 +61,7 @@ def welford_of(entries: list[Entry]) -> Welford:
 
 
 @pytest.mark.parametrize("method", ["mean_diff", "diag_lda"])
-def test_held_out_scores_equal_a_refit_without_each_bucket(method: str) -> None:
+def test_held_out_scores_equal_a_refit_without_each_bucket(method: Method) -> None:
     """The subtraction of bucket sums gives what a plain refit on the other buckets gives."""
     tags_of = [{"joy": 9.0} if i % 3 == 0 else {"calm": 9.0, "awe": 8.0} for i in range(120)]
     entries = entries_with(tags_of, (3, 12), seed=4)
@@ -126,7 +125,8 @@ def test_a_rare_concept_gets_extra_positives_scored_for_it_alone() -> None:
         projections = np.stack(
             [np.einsum("lh,lh->l", e.activations.astype(float), units[row]) for e in members]
         )
-        return projections.std(axis=0, ddof=1)
+        deviations: np.ndarray = projections.std(axis=0, ddof=1)
+        return deviations
 
     np.testing.assert_allclose(measured.pos_std[0], spread(awe, 0), rtol=1e-9)
     np.testing.assert_allclose(
@@ -227,7 +227,7 @@ def test_publish_carries_the_evaluation_over_until_it_is_due(
             engine.fold,
             engine.ledger,
             third["concepts"],
-            "mean_diff",
+            config.vectors.method,
             config.vectors.evaluation_sample,
         )
         for name in third["concepts"]:

@@ -92,7 +92,8 @@ def test_cross_validate_equals_refitting_without_each_bucket() -> None:
     entries, _ = planted_entries(90, 2, 8, planted_layer=1, strength=3.0)
     fold = fold_of(entries, (2, 8))
     scores = cross_validate(fold, MemoryEntries(entries), ["joy"], "mean_diff", 90)["joy"]
-    expected_pos, expected_neg = [], []
+    expected_pos: list[np.ndarray] = []
+    expected_neg: list[np.ndarray] = []
     for bucket in range(5):
         train = [e for e in entries if held_out_bucket(e.node_id) != bucket]
         held = [e for e in entries if held_out_bucket(e.node_id) == bucket]

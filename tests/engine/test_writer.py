@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_incremental_with_edits_and_deletes_equals_rebuild(
     finally:
         engine.close()
 
-    final = {}
+    final: dict[str, dict[str, Any]] = {}
     for line in lines:
         if line.get("deleted"):
             final.pop(line["id"], None)
@@ -183,7 +184,7 @@ def test_checkpoint_is_atomic_and_rejected_under_other_settings(
 
 
 def test_quarantine_and_ineligible_are_recorded(tmp_path: Path, tiny_model_dir: Path) -> None:
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         {"id": "ok", "text": "A long enough entry about the release going smoothly today.\njoy:9"},
         {"id": "short", "text": "Tiny.\njoy:9"},
         {"id": "untagged", "text": "A long enough entry that nobody has scored yet at all."},

@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.helpers.graphs import config_toml, write_jsonl
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -26,7 +28,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], T | None], timeout: float = 60.0, what: str = "condition"
+) -> T:
+    """The first truthy value `condition` returns."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -61,7 +66,7 @@ class DaemonProcess:
                 table[section] = values
         self.config = tmp_path / "config.toml"
         self.config.write_text(config_toml(table))
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.log = tmp_path / "daemon.log"
         self.clients = contextlib.ExitStack()
 
@@ -91,9 +96,11 @@ class DaemonProcess:
 
     def generation(self) -> int | None:
         try:
-            return json.loads((self.state / "published/current/manifest.json").read_text())[
-                "generation"
-            ]
+            manifest: dict[str, Any] = json.loads(
+                (self.state / "published/current/manifest.json").read_text()
+            )
+            generation: int = manifest["generation"]
+            return generation
         except (OSError, ValueError):
             return None
 
@@ -116,7 +123,9 @@ def request(
     client.send(json.dumps(payload))
     deadline = time.monotonic() + timeout
     while True:
-        message = json.loads(client.recv(timeout=max(0.1, deadline - time.monotonic())))
+        message: dict[str, Any] = json.loads(
+            client.recv(timeout=max(0.1, deadline - time.monotonic()))
+        )
         if "event" not in message:
             return message
 
@@ -124,6 +133,8 @@ def request(
 def next_event(client: ClientConnection, name: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        message = json.loads(client.recv(timeout=max(0.1, deadline - time.monotonic())))
+        message: dict[str, Any] = json.loads(
+            client.recv(timeout=max(0.1, deadline - time.monotonic()))
+        )
         if message.get("event") == name:
             return message

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 
 
-def check_generation(directory: Path) -> dict:
+def check_generation(directory: Path) -> dict[str, Any]:
     """Load like a consumer: rows unit norm, keys and shapes match, metadata == manifest.json."""
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
     with safe_open(str(directory / "vectors.safetensors"), framework="numpy") as handle:
         embedded = json.loads(handle.metadata()["manifest"])
         assert embedded == manifest

@@ -68,7 +68,7 @@ class MemoryServer:
 
         Each record gets the next sequence number, or `seq` when given.
         """
-        data = (
+        data: dict[str, Any] = (
             json.loads(self.store.read_text()) if self.store.exists() else {"seq": 0, "nodes": {}}
         )
         for number, record in enumerate(records):

@@ -29,7 +29,7 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
     torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from amygdala_daemon.core.config import ModelConfig
+from amygdala_daemon.core.config import ModelConfig, Pooling
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.tags import parse_text
 from amygdala_daemon.model.extractor import (
@@ -30,7 +30,9 @@ def reference_pooled(
     """Plain full forward with output_hidden_states, one text, pooled by hand."""
     ids = tokenizer(text, return_tensors="pt")
     with torch.no_grad():
-        hidden = model(**ids, output_hidden_states=True).hidden_states[layer + 1][0].double()
+        hidden: torch.Tensor = (
+            model(**ids, output_hidden_states=True).hidden_states[layer + 1][0].double()
+        )
     if pooling == "last":
         return hidden[-1].numpy()
     norms = hidden.norm(dim=-1)
@@ -79,7 +81,7 @@ def test_hook_output_equals_hidden_states_and_stops_early(tiny_model: tuple[Any,
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 @pytest.mark.parametrize("batch_tokens", [64, 600, 100_000])
 def test_pooled_equals_plain_forward(
-    tiny_model: tuple[Any, Any], padding_side: str, pooling: str, batch_tokens: int
+    tiny_model: tuple[Any, Any], padding_side: str, pooling: Pooling, batch_tokens: int
 ) -> None:
     model, tokenizer = tiny_model
     tokenizer.padding_side = padding_side
@@ -133,7 +135,7 @@ def test_non_finite_activations_are_reported(tiny_model_dir: Any) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with torch.no_grad():
-        find_decoder_blocks(model)[1].mlp.down_proj.weight.fill_(float("nan"))
+        find_decoder_blocks(model)[1].get_parameter("mlp.down_proj.weight").fill_(float("nan"))
     results = Extractor(model, tokenizer, [0, 2]).extract(TEXTS[:2])
     assert all(r.activations is None for r in results)
     assert results[0].error == "non-finite activations at layer(s) [2]"

@@ -109,7 +109,11 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
     try:
         for kill in range(KILLS):
             daemon.start()
-            wait_for(lambda kill=kill: ready_count(daemon) > kill, 120, "the daemon to be ready")
+
+            def restarted(kill: int = kill) -> bool:
+                return ready_count(daemon) > kill
+
+            wait_for(restarted, 120, "the daemon to be ready")
             # New nodes, an edit and a delete land while the daemon runs; it dies mid-flight.
             batch = nodes[cursor : cursor + 12]
             cursor += len(batch)
@@ -159,9 +163,10 @@ def test_sigkill_at_random_instants(tmp_path: Path, tiny_model_dir: Path) -> Non
     fresh = Engine(fresh_config)
     try:
         fresh.rebuild(open_source(fresh_config.source))
+        assert fresh.fold is not None
         ledger = Ledger(daemon.state / "ledger.sqlite3", readonly=True)
         try:
-            recovered = recover_fold(ledger, config, fresh.fold.shape)  # type: ignore[union-attr]
+            recovered = recover_fold(ledger, config, fresh.fold.shape)
             stored = {
                 row[0]
                 for row in ledger.conn.execute(

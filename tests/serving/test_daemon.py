@@ -25,7 +25,10 @@ def test_watch_apply_retract_and_events(
     tmp_path: Path, tiny_model_dir: Path, daemons: list[DaemonProcess]
 ) -> None:
     nodes = sample_nodes()
-    daemon = DaemonProcess(tmp_path, tiny_model_dir, nodes[:150]).start()
+    # It forces two publishes a few seconds apart: no spacing between them.
+    daemon = DaemonProcess(
+        tmp_path, tiny_model_dir, nodes[:150], server={"force_publish_interval": 0}
+    ).start()
     daemons.append(daemon)
     client = daemon.client()
     wait_for(daemon.generation, what="the first generation")
@@ -77,7 +80,8 @@ def test_watch_apply_retract_and_events(
     cli = [sys.executable, "-m", "amygdala_daemon", "--config", str(daemon.config)]
     refused = subprocess.run([*cli, "rebuild"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1
-    assert f"(pid {daemon.process.pid})" in refused.stderr  # type: ignore[union-attr]
+    assert daemon.process is not None
+    assert f"(pid {daemon.process.pid})" in refused.stderr
     forced = subprocess.run(
         [*cli, "publish", "--force"], capture_output=True, text=True, timeout=120
     )
@@ -159,7 +163,8 @@ def test_sd_notify_ready_status_watchdog_and_reload(
     receive_until(lambda m: m == "WATCHDOG=1")
     receive_until(lambda m: m == "WATCHDOG=1")
     receive_until(lambda m: m.startswith("STATUS=backlog 0"))
-    daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
     reloading = receive_until(lambda m: "RELOADING=1" in m)
     assert "MONOTONIC_USEC=" in reloading
     receive_until(lambda m: "READY=1" in m)

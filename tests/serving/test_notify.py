@@ -53,6 +53,7 @@ def test_notify_hooks_fire_and_a_hanging_hook_delays_nothing(
             "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
             "timeout_s": 3.0,
         },
+        server={"force_publish_interval": 0},  # two forced publishes back to back
     )
     daemon.start()
     try:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from amygdala_daemon.core.config import ServerConfig
+from amygdala_daemon.serving.limits import FD_HEADROOM
 from tests.helpers import ROOT
 
 UNITS = ROOT / "systemd"
@@ -117,6 +119,9 @@ def test_daemon_unit_carries_the_required_directives() -> None:
     assert "@system-service" in words(unit, "SystemCallFilter")
     assert "AMYGDALA_CONFIG=/etc/amygdala-daemon/config.toml" in words(unit, "Environment")
     assert one(unit, "ExecStart") == f"{INSTALLED} --state-dir {STATE_DIR} run"
+    # Room for the default websocket cap and what the daemon keeps open besides.
+    default_cap = ServerConfig().max_connections
+    assert int(one(unit, "LimitNOFILE")) >= default_cap + FD_HEADROOM
     assert one(unit, "WantedBy", "Install") == "multi-user.target"
 
 

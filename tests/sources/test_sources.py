@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_jsonl_polls_read_only_what_was_appended_and_equal_a_full_read(tmp_path:
         fresh.write_text(line(id="r", text="replaced\ncalm:9"))
         os.replace(fresh, path)
 
-    steps = [
+    steps: list[tuple[str, Callable[[], object]]] = [
         ("append", lambda: append(line(id=f"a{rng.random()}", text="more\njoy:8"))),
         ("edit by a later line", lambda: append(line(id="n3", text="edited\ncalm:9"))),
         ("tombstone", lambda: append(line(id="n4", deleted=True))),

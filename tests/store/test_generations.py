@@ -7,12 +7,15 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from amygdala_daemon.core.errors import InputError
+from amygdala_daemon.core.manifest import Release
 from amygdala_daemon.engine.writer import Engine
+from amygdala_daemon.reader import ReadoutError, load_readout
 from amygdala_daemon.sources import open_source
-from amygdala_daemon.store.generations import generations, rollback
+from amygdala_daemon.store.generations import generations, rollback, write_generation
 from tests.helpers.generations import check_generation
 from tests.helpers.graphs import make_config, sample_nodes, write_jsonl
 
@@ -112,3 +115,33 @@ def test_rollback(tmp_path: Path, graph_path: Path, tiny_model_dir: Path) -> Non
     assert rollback(published, 3) == 3
     with pytest.raises(InputError, match=r"generation 9 does not exist \(kept: 1, 2, 3\)"):
         rollback(published, 9)
+
+
+def test_a_generation_the_reader_rejects_never_becomes_current(
+    tmp_path: Path, graph_path: Path, tiny_model_dir: Path
+) -> None:
+    flat_vectors, flat_manifest = tmp_path / "flat.safetensors", tmp_path / "flat.json"
+    flat = {"vectors_path": str(flat_vectors), "manifest_path": str(flat_manifest)}
+    config = make_config(tmp_path / "s", graph_path, tiny_model_dir, publish=flat)
+    engine = Engine(config)
+    try:
+        engine.rebuild(open_source(config.source))
+    finally:
+        engine.close()
+    published = config.state_path / "published"
+    good = load_readout(published / "current")
+    vectors = {layer: rows.astype(np.float64) for layer, rows in good.vectors.items()}
+    vectors[good.layers[0]][0] = 0.0  # a row with no direction
+    release = Release(vectors=vectors, manifest={**good.manifest, "generation": 2})
+    before = flat_vectors.read_bytes(), flat_manifest.read_bytes()
+
+    def verify(directory: Path) -> None:
+        load_readout(directory, directory / "manifest.json")
+
+    with pytest.raises(ReadoutError, match="not unit norm"):
+        write_generation(release, published, "float32", 10, **flat, verify=verify)
+    assert os.readlink(published / "current") == "gen-000001"
+    assert generations(published) == [1], "no generation directory for what was refused"
+    assert not list(published.glob(".*")), "nothing half written is left"
+    assert (flat_vectors.read_bytes(), flat_manifest.read_bytes()) == before
+    assert load_readout(flat_vectors, flat_manifest).generation == 1

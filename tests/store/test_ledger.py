@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amygdala_daemon.core.changes import Change, DeleteNode, SetStatus, StoreEntry
+from amygdala_daemon.core.changes import Change, DeleteNode, SetStatus, StoreEntry, Write
 from amygdala_daemon.core.errors import AmygdalaError
 from amygdala_daemon.store.ledger import Ledger
 
@@ -32,7 +32,7 @@ def test_the_writers_known_hashes_stay_in_step_with_the_table(tmp_path: Path) ->
 
     try:
         assert dict(ledger.known_hashes()) == {}
-        steps = [
+        steps: list[list[Write]] = [
             [store("a", "h1"), store("b", "h2"), SetStatus("c", "h3", "quarantined", "bad")],
             [store("a", "h4"), DeleteNode("b")],
             [SetStatus("b", "h5", "ineligible", "no valid tag"), DeleteNode("c")],
@@ -260,3 +260,57 @@ def test_forgetting_retracted_entries_keeps_the_live_ones(ledger: Ledger) -> Non
     assert ledger.forget_retracted(6) == 1
     assert sorted(e.content for e in ledger.live_entries()) == ["a2", "b2"]
     assert ledger.seq == 6
+
+
+def ledger_files(path: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Size, mtime and bytes of the database and its WAL: any commit changes one of them.
+
+    The -shm file is left out: readers update their marks in it through mmap.
+    """
+    files = [path, path.with_name(path.name + "-wal")]
+    return {
+        f.name: (f.stat().st_size, f.stat().st_mtime_ns, f.read_bytes())
+        for f in files
+        if f.exists()
+    }
+
+
+def test_applying_or_registering_nothing_new_writes_nothing(ledger: Ledger) -> None:
+    ledger.apply([stored("a", "h1")])
+    ledger.register(["joy", "calm"])
+    before = ledger_files(ledger.path)
+    for _ in range(3):
+        assert ledger.apply([]) == []
+        ledger.register(["calm", "joy"])
+    assert ledger_files(ledger.path) == before
+    assert ledger.seq == 1 and ledger.registry() == ["joy", "calm"]
+    ledger.register(["calm", "awe"])
+    assert ledger.registry() == ["joy", "calm", "awe"]
+    assert ledger_files(ledger.path) != before
+
+
+def test_an_idle_sync_writes_nothing_to_the_state_directory(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from amygdala_daemon.engine.writer import Engine
+    from amygdala_daemon.sources import open_source
+    from tests.helpers.graphs import make_config, sample_nodes, write_jsonl
+
+    graph = write_jsonl(tmp_path / "graph.jsonl", sample_nodes()[:30])
+    config = make_config(tmp_path / "state", graph, tiny_model_dir)
+    source = open_source(config.source)
+    engine = Engine(config)
+    try:
+        assert engine.sync(source).changes > 0
+        engine.checkpoint()
+        assert engine.publish() is not None
+        before = ledger_files(engine.paths.ledger)
+        listing = sorted(p.name for p in engine.paths.root.rglob("*"))
+        for _ in range(5):
+            assert engine.sync(source).changes == 0
+            assert engine.checkpoint() is False
+            assert engine.publish() is None
+        assert ledger_files(engine.paths.ledger) == before
+        assert sorted(p.name for p in engine.paths.root.rglob("*")) == listing
+    finally:
+        engine.close()

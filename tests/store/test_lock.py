@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +124,68 @@ def test_no_lock_file_means_no_holder(tmp_path: Path) -> None:
     lock.release()
     lock.release()
     assert lock_holder(state) is None
+
+
+# A read-only `status`, over and over until told to stop.
+STATUS_LOOP = """
+import sys
+from pathlib import Path
+from amygdala_daemon.core.config import from_dict
+from amygdala_daemon.views.status import status_report
+
+state, graph, stop = sys.argv[1:]
+config = from_dict({"state_dir": state, "source": {"kind": "jsonl", "path": graph}})
+print("probing", flush=True)
+while not Path(stop).exists():
+    status_report(config)
+"""
+
+# A writer that starts (takes the lock) and stops, `attempts` times; prints how often it failed.
+WRITER_LOOP = """
+import sys
+import time
+from pathlib import Path
+from amygdala_daemon.core.errors import LockedError
+from amygdala_daemon.store.lock import StateLock
+
+failed = []
+for attempt in range(int(sys.argv[2])):
+    try:
+        StateLock(Path(sys.argv[1])).acquire().release()
+    except LockedError as refused:
+        failed.append(str(refused))
+    time.sleep(0.002)  # spread the starts over the readers' run
+print(len(failed), failed[:1], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_status_never_makes_a_starting_writer_fail(tmp_path: Path) -> None:
+    state, stop = tmp_path / "state", tmp_path / "stop"
+    graph = tmp_path / "graph.jsonl"
+    node = {"id": "a", "text": "A node long enough to count as content here.\njoy:9"}
+    graph.write_text(json.dumps(node) + "\n")
+    StateLock(state).acquire().release()
+    with contextlib.ExitStack() as stack:
+        probes = [
+            stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", STATUS_LOOP, str(state), str(graph), str(stop)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for _ in range(3)
+        ]
+        stack.callback(stop.touch)
+        for probe in probes:
+            assert probe.stdout is not None and probe.stdout.readline() == "probing\n"
+        writer = subprocess.run(
+            [sys.executable, "-c", WRITER_LOOP, str(state), "300"],
+            capture_output=True,
+            text=True,
+            timeout=100,
+        )
+    assert writer.returncode == 0, writer.stderr
+    assert writer.stdout.startswith("0 "), f"writers refused because of a reader: {writer.stdout}"
+    assert all(probe.returncode == 0 for probe in probes), "every status ran cleanly"

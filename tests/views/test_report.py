@@ -118,7 +118,9 @@ def test_report_table_reads_while_the_daemon_holds_the_lock(
     finally:
         writer.close()
     assert "layer 1" in table and "layer 2" in table and "AUROC" in table
-    for name in current_manifest(config.state_path / "published")["concepts"]:  # type: ignore[index]
+    manifest = current_manifest(config.state_path / "published")
+    assert manifest is not None
+    for name in manifest["concepts"]:
         assert f"\n{name} " in table
     assert "tags seen but not published:" in table
     assert "awe  excluded by concepts.exclude" in table
@@ -207,3 +209,45 @@ def test_layers_sweeps_every_block(
     assert cli_main(["--config", str(path), "layers", "--sample", "100"]) == 0
     text = capsys.readouterr().out
     assert "recommended layers:" in text and "60-80% of depth" in text
+
+
+@pytest.mark.parametrize("method", ["shrinkage_lda", "score_ridge", "mean_diff"])
+def test_report_method_scores_what_publishing_that_method_would(
+    tmp_path: Path, published_state: tuple[Path, Config], method: str
+) -> None:
+    """`report --method M` on a state equals the plain report of that state published with M."""
+    import shutil
+    from dataclasses import replace
+
+    from amygdala_daemon.core.vectors import as_method
+
+    _, config = published_state
+    chosen = as_method(method)
+    asked = build_report(config, method=chosen).data
+    assert asked["method"] == chosen
+    # The same ledger, refolded and published with the method (no model needed).
+    copy = replace(config, state_dir=str(tmp_path / "copy"))
+    shutil.copytree(config.state_path, copy.state_path, symlinks=True)
+    switched = replace(copy, vectors=replace(copy.vectors, method=chosen))
+    engine = Engine(switched)
+    try:
+        engine.rebuild(open_source(switched.source), from_cache=True)
+        assert not engine.model_loaded
+    finally:
+        engine.close()
+    published = build_report(switched).data
+    assert published["method"] == chosen
+    for ours, theirs in zip(asked["concepts"], published["concepts"], strict=True):
+        assert ours["name"] == theirs["name"]
+        for layer, cell in ours["layers"].items():
+            assert cell["auroc"] == pytest.approx(theirs["layers"][layer]["auroc"], abs=1e-9)
+    for layer, matrix in asked["crosstalk"]["cosine"].items():
+        np.testing.assert_allclose(
+            np.array(matrix, dtype=float),
+            np.array(published["crosstalk"]["cosine"][layer], dtype=float),
+            atol=1e-6,
+        )
+    # And it is not the published method's figures when the methods differ.
+    default = build_report(config).data
+    if chosen != default["method"]:
+        assert asked["crosstalk"]["cosine"] != default["crosstalk"]["cosine"]
