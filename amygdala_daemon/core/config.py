@@ -150,6 +150,8 @@ class ConceptsConfig:
     """Fewest negatives for a concept to be published."""
     max_concepts: int = field(default=200, metadata=_min(1))
     """Most concepts published; the most frequent win."""
+    max_tracked: int = field(default=2000, metadata=_min(1))
+    """Most concepts the fold tracks; a node whose tags would add more is quarantined."""
     include: list[str] = field(default_factory=list)
     """Curated list: when non-empty, only these concepts are published."""
     exclude: list[str] = field(default_factory=list)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amygdala_daemon.core.changes import Change, DeleteNode, SetStatus, StoreEntry, Write
+from amygdala_daemon.core.config import LabelsConfig
+from amygdala_daemon.core.labels import is_eligible
 from amygdala_daemon.core.tags import ParsedText, parse_text
 from amygdala_daemon.model.extractor import Extraction, Extractor
 from amygdala_daemon.sources.base import Changes, SourceNode
@@ -52,8 +54,34 @@ class Plan:
     to_extract: list[tuple[SourceNode, ParsedText]] = field(default_factory=list)
 
 
+@dataclass
+class TrackedConcepts:
+    """The concepts the fold tracks, and how many it may: new tags are checked against both."""
+
+    names: set[str]
+    limit: int
+    labels: LabelsConfig
+
+    def refusal(self, parsed: ParsedText) -> str:
+        """Why a node may not add its new concepts, or "" when it may (and then they count)."""
+        if not is_eligible(parsed.tags, parsed.content, self.labels):
+            return ""
+        new = set(parsed.tags) - self.names
+        if new and len(self.names) + len(new) > self.limit:
+            return (
+                f"its tags would add {len(new)} concepts to the {len(self.names)} tracked "
+                f"(concepts.max_tracked = {self.limit})"
+            )
+        self.names |= new
+        return ""
+
+
 def plan_writes(
-    changes: Changes, aliases: dict[str, str], report: SyncReport, notify: EventCallback
+    changes: Changes,
+    aliases: dict[str, str],
+    report: SyncReport,
+    notify: EventCallback,
+    tracked: TrackedConcepts | None = None,
 ) -> Plan:
     """Sort a diff: deletes, rejections and ineligible nodes now; the rest to the model."""
     plan = Plan()
@@ -71,9 +99,14 @@ def plan_writes(
         reason = "" if parsed.tags else "no valid tag"
         if parsed.tags and not parsed.content:
             reason = "no content above the tag lines"
+        refused = "" if reason or tracked is None else tracked.refusal(parsed)
         if reason:
             plan.immediate.append(status_write(node, parsed, "ineligible", reason))
             report.ineligible.append(node.id)
+        elif refused:
+            plan.immediate.append(status_write(node, parsed, "quarantined", refused))
+            report.quarantined.append((node.id, refused))
+            notify("node_quarantined", {"id": node.id, "reason": refused})
         else:
             plan.to_extract.append((node, parsed))
     return plan

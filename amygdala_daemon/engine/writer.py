@@ -25,6 +25,7 @@ from amygdala_daemon.engine.ingest import (
     Ingest,
     ProgressFactory,
     SyncReport,
+    TrackedConcepts,
     plan_writes,
 )
 from amygdala_daemon.engine.publish import Publisher
@@ -187,7 +188,9 @@ class Engine:
         self._problems_logged = set(snapshot.problems)
         notify = on_change or (lambda _event, _data: None)
         changes = diff(snapshot, self.ledger.known_hashes())
-        plan = plan_writes(changes, self.config.concepts.aliases, report, notify)
+        known = set(self.fold.known.names) if self.fold is not None else set()
+        tracked = TrackedConcepts(known, self.config.concepts.max_tracked, self.config.labels)
+        plan = plan_writes(changes, self.config.concepts.aliases, report, notify, tracked)
         report.changes += len(self._apply(plan.immediate))
         if plan.to_extract:
             ingest = Ingest(self._apply, self.load_model, lambda: self.ledger.seq, self.progress)

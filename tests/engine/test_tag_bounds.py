@@ -73,3 +73,38 @@ def test_ten_thousand_tag_names_are_capped_and_forgotten_with_their_node(
     assert tracked(state) == before
     status = json.loads(cli(config, "status", "--json").stdout)
     assert not [c for c in status["concepts"] if c["name"].startswith("made-up-name-")]
+
+
+@pytest.mark.slow
+def test_a_node_that_would_pass_concepts_max_tracked_is_quarantined(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    nodes = sample_nodes()[:80]
+    graph = write_jsonl(tmp_path / "graph.jsonl", nodes)
+    state = tmp_path / "state"
+    config = tmp_path / "config.toml"
+    table = {
+        "state_dir": str(state),
+        "source": {"kind": "jsonl", "path": str(graph)},
+        "model": {"name": str(tiny_model_dir), "layers": [1, 2], "device": "cpu"},
+    }
+    config.write_text(config_toml(table))
+    assert cli(config, "run", "--once").returncode == 0
+    before = tracked(state)
+    table["concepts"] = {"max_tracked": len(before) + 5}
+    config.write_text(config_toml(table))
+    six = " ".join(f"extra{i}:9" for i in range(6))
+    five = " ".join(f"other{i}:9" for i in range(5))
+    text = "Another long enough entry about the week and how it went.\n"
+    write_jsonl(
+        graph,
+        [*nodes, {"id": "six", "text": text + six}, {"id": "five", "text": text + five}],
+    )
+    done = cli(config, "run", "--once")
+    assert done.returncode == 0, done.stderr
+    assert sorted(tracked(state)) == sorted([*before, *(f"other{i}" for i in range(5))])
+    status = json.loads(cli(config, "status", "--json").stdout)
+    assert status["nodes"]["quarantined"] == 1
+    # The refused node stays refused on the next poll: it is not run through the model again.
+    again = cli(config, "run", "--once")
+    assert again.returncode == 0 and "0 applied, 0 quarantined" in again.stdout
