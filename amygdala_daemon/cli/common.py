@@ -1,9 +1,12 @@
-"""What every subcommand module shares: config from the global flags, progress bars."""
+"""What every subcommand module shares: config from the global flags, progress bars, stdout."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,3 +31,31 @@ def progress_bar(total: int, label: str, unit: str = "node") -> Any:
 
     # disable=None: a bar on a terminal, silence in logs and CI.
     return tqdm(total=total, desc=label, unit=unit, file=sys.stderr, disable=None)
+
+
+def stdout_closed() -> bool:
+    """True when nobody reads stdout any more: its pipe's read end is closed."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+BROKEN_PIPE_EXIT = 141
+"""A reader that stopped reading (`| head`): the status a shell gives a tool SIGPIPE ended."""
+
+
+def quiet_on_broken_pipe(run: Callable[[], int]) -> int:
+    """`run()`, with stdout flushed before it returns; 141, quietly, when nobody reads it."""
+    try:
+        try:
+            return run()
+        finally:
+            # Flushed here, not at interpreter exit, where a closed pipe is a traceback.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Whatever is still buffered has nowhere to go.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT

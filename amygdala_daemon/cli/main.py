@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amygdala_daemon import __version__
-from amygdala_daemon.cli.common import config_from_args, progress_bar
+from amygdala_daemon.cli.common import (
+    config_from_args,
+    progress_bar,
+    quiet_on_broken_pipe,
+    stdout_closed,
+)
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.errors import AmygdalaError, InputError
 from amygdala_daemon.core.paths import StatePaths
@@ -34,17 +40,37 @@ With no configuration it runs on the bundled sample graph and the bundled SmolLM
 """
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from amygdala_daemon.engine.writer import Engine
     from amygdala_daemon.sources import open_source
 
     config = config_from_args(args)
     engine = Engine(config, progress=progress_bar, for_full_rebuild=not args.from_cache)
+    # SIGTERM stops a rebuild the way Ctrl-C does: with the one line below, not a kill.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    identity = engine.ledger.ledger_id
     try:
         source = open_source(config.source)
         report = engine.rebuild(source, from_cache=args.from_cache)
         manifest = _current(config)
+    except KeyboardInterrupt:
+        kept = _current(config)
+        generation = "none" if kept is None else f"generation {kept['generation']}"
+        if engine.ledger.ledger_id == identity:
+            done = "the previous ledger, checkpoint and published vectors are kept"
+        else:
+            done = "the new ledger is in place; `amygdala-daemon publish --force` publishes it"
+        print(
+            f"amygdala-daemon: rebuild interrupted: {done} ({generation} is current)",
+            file=sys.stderr,
+        )
+        return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         engine.close()
     if manifest is not None:
         _fire_hooks(config, (_current_dir(config)).resolve())
@@ -329,6 +355,10 @@ def _add_rollback(commands: Subcommands) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return quiet_on_broken_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -342,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     install()
     # transformers is chatty at INFO and warns about things that are fine here.
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # APScheduler logs every job run at INFO: an idle daemon would log twice a minute.
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         code: int = args.func(args)
         return code
@@ -349,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"amygdala-daemon: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and stdout_closed():
+            raise
         # The disk refused something no layer below named (a read-only or full state
         # directory): a state problem, one line; -v keeps the traceback for a bug.
         log.debug("the operating system refused", exc_info=True)

@@ -30,6 +30,11 @@ class StatePaths:
         return self.root / "ledger.sqlite3"
 
     @property
+    def staged_ledger(self) -> Path:
+        """Where a full `rebuild` builds the new ledger before it replaces the old one."""
+        return self.root / "ledger.rebuild.sqlite3"
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / "accumulators.npz"
 

@@ -9,6 +9,8 @@ from amygdala_daemon.core.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# The scheduler adds the interval to today's date: a far longer one overflows its datetimes.
+MAX_INTERVAL_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ def parse_interval(text: str) -> PublishSchedule:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
         if seconds <= 0:
             raise ConfigError("publish.interval", f"{text!r} must be a positive duration")
+        if seconds > MAX_INTERVAL_DAYS * _UNIT_SECONDS["d"]:
+            raise ConfigError(
+                "publish.interval", f"{text!r} is longer than the maximum {MAX_INTERVAL_DAYS}d"
+            )
         return PublishSchedule(interval_s=seconds)
     fields = text.split()
     if len(fields) == 5 and all(re.fullmatch(r"[\d*/,\-A-Za-z]+", f) for f in fields):

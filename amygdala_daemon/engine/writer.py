@@ -38,7 +38,7 @@ from amygdala_daemon.store.atomic import remove_leftovers
 from amygdala_daemon.store.checkpoint import save_checkpoint
 from amygdala_daemon.store.errors import StateWriteError, os_write_error
 from amygdala_daemon.store.generations import current_manifest
-from amygdala_daemon.store.ledger import Ledger
+from amygdala_daemon.store.ledger import Ledger, remove_database
 from amygdala_daemon.store.lock import StateLock
 from amygdala_daemon.store.recovery import fold_changes, recover_fold, refold, stored_model_info
 
@@ -111,6 +111,34 @@ class Engine:
     def close(self) -> None:
         self.ledger.close()
         self.lock.release()
+
+    def _rebuild_staged(self, snapshot: Snapshot) -> SyncReport:
+        """Build a new ledger beside the old one, then replace the old one in one step.
+
+        Until the replacement, the old ledger, checkpoint and generations are whole and in
+        use (`status`, `report`, and `run` after an interrupted rebuild). After it, the old
+        checkpoint names another ledger and is refolded away if the new one is not saved.
+        """
+        old, old_info, old_fold = self.ledger, self.model_info, self.fold
+        staged_path = self.paths.staged_ledger
+        remove_database(staged_path)
+        staged = Ledger(staged_path)
+        try:
+            # The sequence keeps counting up, and the registry epoch with it, across rebuilds.
+            staged.set_meta_committed("seq", str(old.seq))
+            staged.set_meta_committed("registry_epoch", old.get_meta("registry_epoch") or "0")
+            record_settings(staged, self.config)
+            self.ledger, self.model_info, self.fold = staged, None, None
+            report = self.apply_snapshot(snapshot)
+            old.replace_with(staged)
+        except BaseException:
+            self.ledger, self.model_info, self.fold = old, old_info, old_fold
+            raise
+        finally:
+            staged.close()
+            remove_database(staged_path)
+        self.ledger = old
+        return report
 
     def _covariance(self) -> bool:
         """Whether the fold keeps the full co-moment, for the configured method and width."""
@@ -257,11 +285,7 @@ class Engine:
             snapshot = source.snapshot()
             if self._loaded is None:
                 self._loaded = load_extractor(self.config)
-            self.ledger.reset()
-            record_settings(self.ledger, self.config)
-            self.model_info, self.fold = None, None
-            self.paths.checkpoint.unlink(missing_ok=True)
-            report = self.apply_snapshot(snapshot)
+            report = self._rebuild_staged(snapshot)
         # Only a rebuild may renumber the published rows.
         self.ledger.renumber_registry()
         self._checkpoint_seq = -1

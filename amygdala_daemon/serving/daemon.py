@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from amygdala_daemon.core.config import Config
@@ -27,7 +26,6 @@ from amygdala_daemon.core.errors import AmygdalaError
 from amygdala_daemon.core.schedule import (
     DebounceState,
     debounce_due,
-    parse_interval,
     poll_timeout,
 )
 from amygdala_daemon.engine.publish import resume
@@ -39,20 +37,12 @@ from amygdala_daemon.serving.sdnotify import Notifier, watchdog_interval
 from amygdala_daemon.serving.server import EventServer
 from amygdala_daemon.sources import ClosableSource, HintingSource, MemorySource, open_source
 from amygdala_daemon.sources.errors import SourceError
-from amygdala_daemon.store.config_file import load
+from amygdala_daemon.store.config_file import load, publish_trigger
 from amygdala_daemon.store.errors import StateWriteError
 from amygdala_daemon.views.status import SourceState, status_report
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def publish_trigger(interval: str) -> IntervalTrigger | CronTrigger:
-    schedule = parse_interval(interval)
-    if schedule.cron is not None:
-        return CronTrigger.from_crontab(schedule.cron)
-    assert schedule.interval_s is not None
-    return IntervalTrigger(seconds=schedule.interval_s)
 
 
 class Daemon:
@@ -225,6 +215,7 @@ class Daemon:
             fresh = load(self.config_path)
             fresh = replace(fresh, state_dir=self.config.state_dir)
             check_server_config(fresh.server)
+            trigger = publish_trigger(fresh.publish.interval)
             assert self.engine is not None
             await self._work(self.engine.reconfigure, fresh)
         except AmygdalaError as exc:
@@ -236,9 +227,7 @@ class Daemon:
                 self.source = open_source(fresh.source)
                 self._start_hints()
             if fresh.publish.interval != self.config.publish.interval and self.scheduler:
-                self.scheduler.reschedule_job(
-                    "publish", trigger=publish_trigger(fresh.publish.interval)
-                )
+                self.scheduler.reschedule_job("publish", trigger=trigger)
             if self.server is not None:
                 self.server.configure(fresh.server)
             self.config = fresh

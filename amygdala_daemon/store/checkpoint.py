@@ -7,6 +7,8 @@ the start again, so a sequence number alone cannot say which ledger a checkpoint
 from __future__ import annotations
 
 import json
+import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from amygdala_daemon.core.covariance import Comoment
 from amygdala_daemon.core.fold import Accumulators, fold_fingerprint
 from amygdala_daemon.core.stats import Welford
 from amygdala_daemon.store.atomic import replace_with
+
+log = logging.getLogger(__name__)
 
 
 def _stack(welfords: list[Welford], shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
@@ -99,5 +103,10 @@ def load_checkpoint(
             if covariance:
                 fold.comoment = Comoment(int(data["cov_count"]), data["cov_mean"], data["cov_m2"])
             return fold
-    except (OSError, KeyError, ValueError, json.JSONDecodeError):
+    except FileNotFoundError:
+        return None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # Nothing is lost (the ledger holds every activation), but a refold of a large ledger
+        # takes a while, and the user should know why.
+        log.warning("%s is not a readable checkpoint (%s); refolding from the ledger", path, exc)
         return None

@@ -42,3 +42,20 @@ def sqlite_write_error(
     if not name.startswith(_SQLITE_STORAGE):
         return None
     return StateWriteError(f"{exc} {doing} {path}")
+
+
+# A file that is not a SQLite database, or one whose pages are damaged.
+_SQLITE_DAMAGED = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+def sqlite_damaged_error(exc: sqlite3.Error, path: Path) -> AmygdalaError | None:
+    """`exc` as one line saying what to do, when `path` is not a usable ledger; None otherwise.
+
+    The file is never deleted: it may be all there is of the history, so the user decides.
+    """
+    name = getattr(exc, "sqlite_errorname", "")
+    if not name.startswith(_SQLITE_DAMAGED):
+        return None
+    return AmygdalaError(
+        f"{path} is not a valid ledger ({exc}); move it aside and run `amygdala-daemon rebuild`"
+    )

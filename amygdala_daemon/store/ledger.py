@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from amygdala_daemon.core.changes import Change, DeleteNode, Entry, StoreEntry, Write
 from amygdala_daemon.core.errors import AmygdalaError
-from amygdala_daemon.store.errors import sqlite_write_error
+from amygdala_daemon.store.errors import sqlite_damaged_error, sqlite_write_error
 from amygdala_daemon.store.ledger_schema import create_schema, new_ledger_id
 
 _ENTRY_COLUMNS = "entry_id, node_id, tags, content, activations, n_layers, hidden"
@@ -32,6 +32,12 @@ def _entry(row: sqlite3.Row | tuple[Any, ...]) -> Entry:
     entry_id, node_id, tags, content, blob, n_layers, hidden = row[:7]
     activations = np.frombuffer(blob, dtype=np.float32).reshape(n_layers, hidden)
     return Entry(entry_id, node_id, json.loads(tags), content, activations)
+
+
+def remove_database(path: Path) -> None:
+    """Delete a SQLite database that nothing else uses, with its WAL and shared-memory files."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 class Ledger:
@@ -49,6 +55,9 @@ class Ledger:
         try:
             self.conn = self._connect()
         except sqlite3.Error as exc:
+            damaged = sqlite_damaged_error(exc, path)
+            if damaged is not None:
+                raise damaged from None
             failed = sqlite_write_error(exc, path, "opening")
             if failed is None:
                 raise
@@ -294,6 +303,22 @@ class Ledger:
             self.conn.execute("DELETE FROM entries")
             self.conn.execute("DELETE FROM nodes")
             self.set_meta("ledger_id", new_ledger_id())
+
+    def replace_with(self, staged: Ledger) -> None:
+        """Make this ledger's content that of `staged`, in one transaction.
+
+        SQLite's backup API copies every page of `staged` into this database as one write:
+        a reader sees the old ledger or the new one, and a crash mid-copy leaves the old one
+        whole. The database files are never renamed, so no reader's WAL is orphaned.
+        """
+        self._known = None
+        try:
+            staged.conn.backup(self.conn)
+        except sqlite3.Error as exc:
+            failed = sqlite_write_error(exc, self.path)
+            if failed is not None:
+                raise failed.kept("the ledger is unchanged") from None
+            raise
 
     def renumber_registry(self) -> None:
         """Forget row assignments and start a new registry epoch, in one transaction.

@@ -72,6 +72,14 @@ def tiny_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
             "config: publish.interval: 'often' is neither a duration",
         ),
         (
+            "[publish]\ninterval = '99999999999d'\n",
+            "config: publish.interval: '99999999999d' is longer than the maximum 365d",
+        ),
+        (
+            "[publish]\ninterval = 'a b c d e'\n",
+            "config: publish.interval: 'a b c d e': Invalid month name",
+        ),
+        (
             "[server]\nhost = '0.0.0.0'\n",
             "config: server.token: binding '0.0.0.0' requires a token",
         ),

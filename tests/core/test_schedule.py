@@ -43,6 +43,18 @@ def test_a_zero_duration_is_refused_by_key() -> None:
     assert str(refused.value).startswith("config: publish.interval: '0s'")
 
 
+@pytest.mark.parametrize("text", ["365d", f"{365 * 24}h"])
+def test_a_year_is_the_longest_interval(text: str) -> None:
+    assert parse_interval(text).interval_s == 365 * 86400.0
+
+
+@pytest.mark.parametrize("text", ["366d", "99999999999d", f"{366 * 86400}s"])
+def test_a_longer_interval_is_refused_by_key(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"longer than the maximum 365d") as refused:
+        parse_interval(text)
+    assert refused.value.key == "publish.interval"
+
+
 @pytest.mark.parametrize("text", ["", "5 minutes", "-5m", "5w", "* * * *", "* * * * * *", "1h30m"])
 def test_anything_else_names_both_accepted_forms(text: str) -> None:
     with pytest.raises(ConfigError, match=r"neither a duration .* nor a 5-field cron") as refused:

@@ -1,12 +1,15 @@
-"""What a running daemon logs about a lasting source problem: once per change, not once per poll."""
+"""What a running daemon logs: a lasting source problem once per change, not once per poll; no
+line per scheduled job."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.daemon import DaemonProcess
+from amygdala_daemon.cli.main import main
+from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.graphs import sample_nodes
 from tests.helpers.notify_socket import NotifyListener
 
@@ -49,3 +52,32 @@ def test_a_lasting_source_error_or_problem_is_logged_once_per_change(
     assert errors[0].endswith("No such file or directory")
     assert errors[1].endswith("Is a directory")
     assert len(lines_with(log, "source recovered")) == 1
+
+
+@pytest.mark.slow
+def test_scheduled_jobs_are_not_logged_at_the_default_verbosity(
+    tmp_path: Path, tiny_model_dir: Path, daemons: list[DaemonProcess]
+) -> None:
+    daemon = DaemonProcess(
+        tmp_path, tiny_model_dir, sample_nodes()[:10], daemon={"checkpoint_interval": 0.1}
+    )
+    daemons.append(daemon)
+    daemon.start()
+    # Only the scheduled checkpoint job writes the checkpoint while the daemon runs.
+    wait_for(lambda: (daemon.state / "accumulators.npz").exists(), what="a scheduled checkpoint")
+    assert daemon.stop() == 0
+    log = daemon.log.read_text()
+    assert "ready: polling" in log
+    for scheduler_line in ("Running job", "executed successfully", "apscheduler"):
+        assert not lines_with(log, scheduler_line), log
+
+
+@pytest.mark.parametrize(("flags", "level"), [([], logging.WARNING), (["-v"], logging.DEBUG)])
+def test_verbose_shows_the_scheduler_at_debug(tmp_path: Path, flags: list[str], level: int) -> None:
+    scheduler = logging.getLogger("apscheduler")
+    kept = scheduler.level
+    try:
+        assert main([*flags, "--state-dir", str(tmp_path / "state"), "status", "--json"]) == 0
+        assert scheduler.getEffectiveLevel() == level
+    finally:
+        scheduler.setLevel(kept)
