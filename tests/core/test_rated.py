@@ -106,4 +106,6 @@ def test_too_little_to_score_is_one_line(raw: str, message: str) -> None:
 
 def test_enough_to_score_passes() -> None:
     raw = '{"text": "a", "joy": 3}\n{"text": "b", "joy": 5}\n{"text": "c", "joy": 5}\n'
-    parse_rated(raw, "r.jsonl").concepts["joy"].check("r.jsonl")
+    joy = parse_rated(raw, "r.jsonl").concepts["joy"]
+    joy.check("r.jsonl")  # three rows, two distinct values: enough, so no InputError
+    assert joy.kind == "rating" and joy.values == [3.0, 5.0, 5.0]
