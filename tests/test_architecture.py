@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "amygdala_daemon"
 LAYERS: list[set[str]] = [
     {"core"},
     {"sources", "model", "store", "reader"},
+    {"distributed"},
     {"engine", "views", "seed"},
-    {"serving"},
+    {"serving", "vllm_plugin"},
     {"cli"},
 ]
 # The public face re-exports from every layer; `python -m amygdala_daemon` runs the CLI.

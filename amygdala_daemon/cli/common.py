@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from amygdala_daemon.core.config import Config
+from amygdala_daemon.model.names import check_model_config
 from amygdala_daemon.store.config_file import load
 
 if TYPE_CHECKING:
@@ -19,10 +20,19 @@ if TYPE_CHECKING:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The config file (or defaults), with `--state-dir` applied."""
+    """The config file (or defaults), with `--state-dir` applied, read and checked once.
+
+    `main` calls this before any command imports the model libraries, so a bad value is
+    reported within a second rather than after torch has loaded.
+    """
+    cached: Config | None = getattr(args, "checked_config", None)
+    if cached is not None:
+        return cached
     config = load(args.config)
     if args.state_dir:
         config = replace(config, state_dir=args.state_dir)
+    check_model_config(config.model)
+    args.checked_config = config
     return config
 
 

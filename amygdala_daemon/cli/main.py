@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from amygdala_daemon import __version__
 from amygdala_daemon.cli.common import (
@@ -18,6 +18,9 @@ from amygdala_daemon.cli.common import (
     quiet_on_broken_pipe,
     stdout_closed,
 )
+from amygdala_daemon.cli.publish import cmd_publish
+from amygdala_daemon.cli.publish import fire_hooks as _fire_hooks
+from amygdala_daemon.cli.rebuild_flags import add_distributed_flags, rebuild_config
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.errors import AmygdalaError, InputError
 from amygdala_daemon.core.paths import StatePaths
@@ -48,7 +51,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from amygdala_daemon.engine.writer import Engine
     from amygdala_daemon.sources import open_source
 
-    config = config_from_args(args)
+    config = rebuild_config(config_from_args(args), args)
     engine = Engine(config, progress=progress_bar, for_full_rebuild=not args.from_cache)
     # SIGTERM stops a rebuild the way Ctrl-C does: with the one line below, not a kill.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -93,78 +96,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     daemon = Daemon(config, config_path=args.config)
+    if args.confirm_delete and not args.once:
+        raise InputError(
+            "run: --confirm-delete goes with --once; a running daemon takes the websocket "
+            'request {"op": "confirm_delete"}'
+        )
     if not args.once:
         return asyncio.run(daemon.run())
+    daemon.confirm_deletes = args.confirm_delete
     code = asyncio.run(daemon.run_once())
     if daemon.last_sync is not None:
         print(f"run --once: {daemon.last_sync.summary()}")
+        counters = daemon.engine.extraction_counters if daemon.engine is not None else None
+        passes = counters.sequences if counters is not None else 0
+        print(f"run --once: {passes} texts through the model")
     if daemon.generation is not None:
         print(f"published generation {daemon.generation} -> {_current_dir(config)}")
     else:
         print("run --once: nothing new to publish")
+    if daemon.held is not None:
+        raise AmygdalaError(daemon.held.message("rerun with --confirm-delete to apply it"))
     return code
-
-
-def _ask_daemon(config: Config, request: dict[str, Any]) -> dict[str, Any]:
-    """Send one request to the running daemon's websocket and return its reply."""
-    from websockets.exceptions import WebSocketException
-    from websockets.sync.client import connect
-
-    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
-    url = f"ws://{host}:{config.server.port}/"
-    headers = {"Authorization": f"Bearer {config.server.token}"} if config.server.token else None
-    try:
-        with connect(url, additional_headers=headers, open_timeout=10) as connection:
-            connection.send(json.dumps(request))
-            while True:
-                reply: dict[str, Any] = json.loads(connection.recv(timeout=600))
-                if reply.get("op") == request["op"] or ("error" in reply and "event" not in reply):
-                    return reply
-    except (OSError, WebSocketException, TimeoutError) as exc:
-        raise AmygdalaError(
-            f"the daemon holds the state directory but {url} did not answer: {exc}"
-        ) from None
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    from amygdala_daemon.engine.writer import Engine
-    from amygdala_daemon.store.lock import lock_holder
-
-    config = config_from_args(args)
-    holder = lock_holder(config.state_path)
-    if holder is not None:
-        # The daemon owns the state: ask it to publish rather than fight for the lock.
-        reply = _ask_daemon(config, {"op": "publish", "force": args.force})
-        if not reply.get("ok"):
-            raise AmygdalaError(f"publish: the daemon (pid {holder}) said: {reply.get('error')}")
-        if reply.get("published"):
-            print(f"published {reply['path']} (by the daemon, pid {holder})")
-        else:
-            print(
-                "publish: nothing changed since the last generation (use --force to publish anyway)"
-            )
-        return 0
-    engine = Engine(config)
-    try:
-        written = engine.publish(force=args.force)
-    finally:
-        engine.close()
-    if written is None:
-        print("publish: nothing changed since the last generation (use --force to publish anyway)")
-    else:
-        print(f"published {written}")
-        _fire_hooks(config, written)
-    return 0
-
-
-def _fire_hooks(config: Config, generation_dir: Path) -> None:
-    from amygdala_daemon.serving.notify import fire, published_event
-
-    if config.notify.command or config.notify.url:
-        for failure in fire(config.notify, published_event(generation_dir)):
-            print(
-                f"publish hook failed (the generation stays published): {failure}", file=sys.stderr
-            )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -272,6 +224,12 @@ def _add_run(commands: Subcommands) -> None:
         action="store_true",
         help="drain pending work, publish if anything changed, and exit",
     )
+    run.add_argument(
+        "--confirm-delete",
+        action="store_true",
+        help="with --once: apply a held mass delete (more than source.max_delete_fraction "
+        "of the nodes, or an empty source); without it such a sync is held and exits 1",
+    )
     run.set_defaults(func=cmd_run)
 
 
@@ -287,6 +245,7 @@ def _add_rebuild(commands: Subcommands) -> None:
         action="store_true",
         help="refold the stored activations under the current label settings; no model needed",
     )
+    add_distributed_flags(rebuild)
     rebuild.set_defaults(func=cmd_rebuild)
 
 
@@ -375,6 +334,8 @@ def _main(argv: Sequence[str] | None) -> int:
     # APScheduler logs every job run at INFO: an idle daemon would log twice a minute.
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
+        # The config is read and checked before a command imports torch or transformers.
+        config_from_args(args)
         code: int = args.func(args)
         return code
     except AmygdalaError as exc:

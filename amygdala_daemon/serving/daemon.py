@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.delete_guard import DeleteHold
 from amygdala_daemon.core.errors import AmygdalaError
 from amygdala_daemon.core.schedule import (
     DebounceState,
@@ -30,11 +31,12 @@ from amygdala_daemon.core.schedule import (
 )
 from amygdala_daemon.engine.publish import resume
 from amygdala_daemon.engine.writer import Engine, SyncReport
+from amygdala_daemon.serving.holds import confirm_delete
 from amygdala_daemon.serving.limits import check_server_config
 from amygdala_daemon.serving.notify import fire, published_event
 from amygdala_daemon.serving.requests import dispatch
 from amygdala_daemon.serving.sdnotify import Notifier, watchdog_interval
-from amygdala_daemon.serving.server import EventServer
+from amygdala_daemon.serving.server import EventServer, check_listening_address
 from amygdala_daemon.sources import ClosableSource, HintingSource, MemorySource, open_source
 from amygdala_daemon.sources.errors import SourceError
 from amygdala_daemon.store.config_file import load, publish_trigger
@@ -68,6 +70,10 @@ class Daemon:
         self.backlog: int | None = None
         self.generation: int | None = None
         self.last_sync: SyncReport | None = None
+        self.held: DeleteHold | None = None
+        # `run --once --confirm-delete`: a held mass delete is applied.
+        self.confirm_deletes = False
+        self.once = False  # `run --once`: a source error is the one error line, not also a log
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -87,7 +93,9 @@ class Daemon:
         backlog = "unknown" if self.backlog is None else str(self.backlog)
         generation = "none" if self.generation is None else str(self.generation)
         error = f", source error: {self.source_error}" if self.source_error else ""
-        return f"backlog {backlog}, generation {generation}{error}"
+        held = self.held
+        hold = f", mass delete held: {held.deletes} of {held.live} nodes" if held else ""
+        return f"backlog {backlog}, generation {generation}{error}{hold}"
 
     # -- the work ---------------------------------------------------------------------
 
@@ -99,7 +107,11 @@ class Daemon:
             on_change=lambda event, data: self.emit(event, **data),
             should_stop=self.stopping.is_set,
         )
-        self.backlog = self.engine.pending(self.source) if self.stopping.is_set() else 0
+        self.held = report.held
+        if report.held is not None:
+            self.backlog = report.held.deletes + report.held.upserts
+        else:
+            self.backlog = self.engine.pending(self.source) if self.stopping.is_set() else 0
         return report.changes
 
     async def poll(self) -> None:
@@ -108,7 +120,7 @@ class Daemon:
         except SourceError as exc:
             # Once when it starts and once per new message: a lasting outage is not news
             # at every poll.
-            if str(exc) != self.source_error:
+            if str(exc) != self.source_error and not self.once:
                 log.warning("source error: %s", exc)
                 self.emit("source_error", error=str(exc))
             self.source_error, self.backlog = str(exc), None
@@ -196,7 +208,8 @@ class Daemon:
         assert self.loop is not None
         # The daemon knows its source's state: reading the source again here would open a
         # second connection (or a second stdio server) per request.
-        state = SourceState(self.source.describe(), self.backlog, self.source_error)
+        held = self.held.to_json() if self.held is not None else None
+        state = SourceState(self.source.describe(), self.backlog, self.source_error, held)
         report = await self.loop.run_in_executor(None, status_report, self.config, state)
         counters = self.engine.extraction_counters if self.engine is not None else None
         report["daemon"] = {
@@ -205,6 +218,10 @@ class Daemon:
             "forward_batches": counters.batches if counters else 0,
         }
         return report
+
+    async def confirm_delete(self, key: str | None = None) -> dict[str, Any]:
+        """Apply the held mass delete (`holds.confirm_delete`)."""
+        return await confirm_delete(self, key)
 
     # -- reload -----------------------------------------------------------------------
 
@@ -215,6 +232,7 @@ class Daemon:
             fresh = load(self.config_path)
             fresh = replace(fresh, state_dir=self.config.state_dir)
             check_server_config(fresh.server)
+            check_listening_address(self.config.server, fresh.server)
             trigger = publish_trigger(fresh.publish.interval)
             assert self.engine is not None
             await self._work(self.engine.reconfigure, fresh)
@@ -279,8 +297,10 @@ class Daemon:
 
     async def run_once(self) -> int:
         """`run --once`: drain pending work, publish if anything changed, exit."""
+        self.once = True
         self.loop = asyncio.get_running_loop()
         self.engine = await self._work(Engine, self.config)
+        self.engine.confirm_deletes = self.confirm_deletes
         try:
             await self.poll()
             if self.source_error:
@@ -302,6 +322,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         check_server_config(self.config.server)  # before the model load, not after
         self.engine = await self._work(Engine, self.config)
+        self.engine.lock.mark_daemon()  # `publish` from the CLI asks over the websocket now
         try:
             # Recovery happened on open; load the model now so READY means ready.
             await self._work(self.engine.load_model)

@@ -2,6 +2,8 @@
 
 {"op": "status"}                    -> {"ok": true, "op": "status", "status": {...}}
 {"op": "publish", "force": false}   -> {"ok": true, "op": "publish", "published": ...}
+{"op": "confirm_delete", "key": "."} -> {"ok": true, "op": "confirm_delete", "confirmed": {...}}
+    (applies the held mass delete; `key`, optional, must name the hold in `status`)
 
 A publish over its budget never reaches the daemon: the server answers it (see `limits`) with
 {"ok": false, "op": "publish", "error": "...", "retry_after": seconds}.
@@ -13,7 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-OPS = ("status", "publish")
+OPS = ("status", "publish", "confirm_delete")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,12 @@ class PublishRequest:
     force: bool = False
 
 
-Request = StatusRequest | PublishRequest
+@dataclass(frozen=True)
+class ConfirmDeleteRequest:
+    key: str | None = None
+
+
+Request = StatusRequest | PublishRequest | ConfirmDeleteRequest
 
 
 class Responder(Protocol):
@@ -35,6 +42,8 @@ class Responder(Protocol):
     def status_reply(self) -> Awaitable[dict[str, Any]]: ...
 
     def publish(self, force: bool = False) -> Awaitable[dict[str, Any]]: ...
+
+    def confirm_delete(self, key: str | None = None) -> Awaitable[dict[str, Any]]: ...
 
 
 def parse_request(request: dict[str, Any]) -> Request | str:
@@ -45,7 +54,7 @@ def parse_request(request: dict[str, Any]) -> Request | str:
     >>> parse_request({"op": "publish", "force": "yes"})
     '"force" must be true or false'
     >>> parse_request({"op": "nap"})
-    "unknown op 'nap' (accepted: status, publish)"
+    "unknown op 'nap' (accepted: status, publish, confirm_delete)"
     """
     op = request.get("op")
     if op == "status":
@@ -55,6 +64,11 @@ def parse_request(request: dict[str, Any]) -> Request | str:
         if not isinstance(force, bool):
             return '"force" must be true or false'
         return PublishRequest(force)
+    if op == "confirm_delete":
+        key = request.get("key")
+        if key is not None and not isinstance(key, str):
+            return '"key" must be a string'
+        return ConfirmDeleteRequest(key)
     return f"unknown op {op!r} (accepted: {', '.join(OPS)})"
 
 
@@ -65,4 +79,6 @@ async def dispatch(request: dict[str, Any], responder: Responder) -> dict[str, A
         return {"ok": False, "op": request.get("op"), "error": parsed}
     if isinstance(parsed, StatusRequest):
         return {"ok": True, "op": "status", "status": await responder.status_reply()}
+    if isinstance(parsed, ConfirmDeleteRequest):
+        return await responder.confirm_delete(parsed.key)
     return await responder.publish(parsed.force)

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from amygdala_daemon.core.config import ServerConfig
+from amygdala_daemon.core.errors import ConfigError
 from amygdala_daemon.serving import logfilters
 from amygdala_daemon.serving.limits import Clock, PublishGate, check_server_config
 from amygdala_daemon.serving.requests import PublishRequest, parse_request
@@ -79,6 +80,19 @@ class EventHub:
                 }
                 queue.put_nowait(json.dumps(notice))
             queue.put_nowait(message)
+
+
+def check_listening_address(running: ServerConfig, fresh: ServerConfig) -> None:
+    """Refuse a reload that moves the websocket: clients and `publish` follow the file, so a
+    daemon left on the old address while the file names a new one would be unreachable."""
+    for key in ("host", "port"):
+        before, after = getattr(running, key), getattr(fresh, key)
+        if before != after:
+            raise ConfigError(
+                f"server.{key}",
+                f"changed from {before!r} to {after!r}: that needs a restart "
+                "(systemctl restart, or stop and start `run`)",
+            )
 
 
 class EventServer:

@@ -22,15 +22,16 @@ import numpy.typing as npt
 
 from amygdala_daemon.core.changes import Change, DeleteNode, Entry, StoreEntry, Write
 from amygdala_daemon.core.errors import AmygdalaError
+from amygdala_daemon.store.activation_codec import decode, encode
 from amygdala_daemon.store.errors import sqlite_damaged_error, sqlite_write_error
 from amygdala_daemon.store.ledger_schema import create_schema, new_ledger_id
 
 _ENTRY_COLUMNS = "entry_id, node_id, tags, content, activations, n_layers, hidden"
 
 
-def _entry(row: sqlite3.Row | tuple[Any, ...]) -> Entry:
+def _entry(row: sqlite3.Row | tuple[Any, ...], dtype: str = "float32") -> Entry:
     entry_id, node_id, tags, content, blob, n_layers, hidden = row[:7]
-    activations = np.frombuffer(blob, dtype=np.float32).reshape(n_layers, hidden)
+    activations = decode(blob, n_layers, hidden, dtype)
     return Entry(entry_id, node_id, json.loads(tags), content, activations)
 
 
@@ -48,6 +49,7 @@ class Ledger:
         # The writer's {node id: hash}, kept in step by `apply` and `reset`, so a poll does
         # not read every node row again. A reader cannot keep one: the writer moves on.
         self._known: dict[str, str] | None = None
+        self._dtype: str | None = None
         self.readonly = readonly
         self._keeps_known = not readonly
         if readonly and not path.exists():
@@ -157,7 +159,7 @@ class Ledger:
     def live_entries(self) -> Iterator[Entry]:
         query = f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE removed_seq IS NULL ORDER BY entry_id"
         for row in self.conn.execute(query):
-            yield _entry(row)
+            yield _entry(row, self.activation_dtype)
 
     def live_count(self) -> int:
         row = self.conn.execute("SELECT count(*) FROM entries WHERE removed_seq IS NULL")
@@ -179,7 +181,7 @@ class Ledger:
             ORDER BY seq
         """
         for row in self.conn.execute(query, {"s": seq}):
-            yield Change(int(row[0]), int(row[1]), _entry(row[2:]))
+            yield Change(int(row[0]), int(row[1]), _entry(row[2:], self.activation_dtype))
 
     def entries_live_at(self, seq: int, containing: str) -> Iterator[Entry]:
         """Entries live just before `seq` whose content contains `containing` (any case).
@@ -194,7 +196,7 @@ class Ledger:
             ORDER BY entry_id
         """
         for row in self.conn.execute(query, {"s": seq, "p": pattern + "%"}):
-            yield _entry(row)
+            yield _entry(row, self.activation_dtype)
 
     def sample_live_entries(self, node_ids: list[str]) -> Iterator[Entry]:
         for start in range(0, len(node_ids), 500):
@@ -205,7 +207,7 @@ class Ledger:
                 f"WHERE removed_seq IS NULL AND node_id IN ({marks})"
             )
             for row in self.conn.execute(query, chunk):
-                yield _entry(row)
+                yield _entry(row, self.activation_dtype)
 
     # -- writes -----------------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class Ledger:
             self.conn.execute(
                 "UPDATE entries SET removed_seq = ? WHERE entry_id = ?", (seq, live[0])
             )
-            changes.append(Change(seq, -1, _entry(live)))
+            changes.append(Change(seq, -1, _entry(live, self.activation_dtype)))
         if isinstance(write, DeleteNode):
             self.conn.execute("DELETE FROM nodes WHERE id = ?", (write.node_id,))
             return seq
@@ -265,7 +267,11 @@ class Ledger:
         return seq
 
     def _insert_entry(self, write: StoreEntry, seq: int) -> Entry:
+        dtype = self.activation_dtype
         activations = np.ascontiguousarray(write.activations, dtype=np.float32)
+        blob = encode(activations, dtype)
+        if dtype != "float32":  # the fold gets the rounded values a refold will read
+            activations = decode(blob, activations.shape[0], activations.shape[1], dtype)
         tags = json.dumps(write.tags, sort_keys=True)
         cursor = self.conn.execute(
             "INSERT INTO entries (node_id, tags, content, activations, n_layers, hidden, "
@@ -274,7 +280,7 @@ class Ledger:
                 write.node_id,
                 tags,
                 write.content,
-                activations.tobytes(),
+                blob,
                 activations.shape[0],
                 activations.shape[1],
                 write.n_tokens,
@@ -311,7 +317,7 @@ class Ledger:
         a reader sees the old ledger or the new one, and a crash mid-copy leaves the old one
         whole. The database files are never renamed, so no reader's WAL is orphaned.
         """
-        self._known = None
+        self._known = self._dtype = None
         try:
             staged.conn.backup(self.conn)
         except sqlite3.Error as exc:
@@ -381,6 +387,14 @@ class Ledger:
             if len(blob) == size
         }
 
+    @property
+    def activation_dtype(self) -> str:
+        """How activation BLOBs are stored (`activation_codec`); float32 in older ledgers."""
+        if self._dtype is None:
+            self._dtype = self.get_meta("activation_dtype") or "float32"
+        return self._dtype
+
     def set_meta_committed(self, key: str, value: str) -> None:
         with self._transaction():
             self.set_meta(key, value)
+        self._dtype = None  # read again: the key may be `activation_dtype`

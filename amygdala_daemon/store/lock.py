@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -28,16 +29,32 @@ def _whole_file(kind: int) -> bytes:
     return struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0)
 
 
+DAEMON = "daemon"
+"""The role a running `run` records: it answers `publish` on its websocket."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the writer lock: a pid (-1 before it is written) and whether it is the daemon."""
+
+    pid: int
+    daemon: bool
+
+
+def _recorded(descriptor: int) -> Holder:
+    # The file holds the pid on its first line and, for the daemon, its role on the second.
+    lines = os.pread(descriptor, 64, 0).decode(errors="replace").split()
+    pid = int(lines[0]) if lines and lines[0].isdigit() else -1
+    return Holder(pid, lines[1:2] == [DAEMON])
+
+
 def _recorded_pid(descriptor: int) -> str:
-    return os.pread(descriptor, 64, 0).decode(errors="replace").strip()
+    pid = _recorded(descriptor).pid
+    return str(pid) if pid >= 0 else ""
 
 
-def lock_holder(state_dir: Path) -> int | None:
-    """The pid holding the writer lock, or None when nobody does.
-
-    Only asks: the lock is never taken here. -1 when it is held but the holder has not
-    written its pid yet.
-    """
+def lock_owner(state_dir: Path) -> Holder | None:
+    """Who holds the writer lock, or None when nobody does. Only asks: never takes it."""
     path = StatePaths(state_dir).lock
     try:
         descriptor = os.open(path, os.O_RDONLY)
@@ -47,10 +64,19 @@ def lock_holder(state_dir: Path) -> int | None:
         answer = fcntl.fcntl(descriptor, fcntl.F_OFD_GETLK, _whole_file(fcntl.F_RDLCK))
         if struct.unpack(_FLOCK, answer)[0] == fcntl.F_UNLCK:
             return None
-        text = _recorded_pid(descriptor)
+        return _recorded(descriptor)
     finally:
         os.close(descriptor)
-    return int(text) if text.isdigit() else -1
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid holding the writer lock, or None when nobody does.
+
+    Only asks: the lock is never taken here. -1 when it is held but the holder has not
+    written its pid yet.
+    """
+    owner = lock_owner(state_dir)
+    return None if owner is None else owner.pid
 
 
 class StateLock:
@@ -82,6 +108,11 @@ class StateLock:
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self.descriptor = descriptor
         return self
+
+    def mark_daemon(self) -> None:
+        """Record that the holder is the daemon, so CLI writers ask it rather than wait."""
+        assert self.descriptor is not None, "only a holder says who it is"
+        os.pwrite(self.descriptor, f"{os.getpid()}\n{DAEMON}\n".encode(), 0)
 
     def release(self) -> None:
         if self.descriptor is not None:

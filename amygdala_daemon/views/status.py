@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from amygdala_daemon.core.config import Config
+from amygdala_daemon.core.delete_guard import check_deletes
 from amygdala_daemon.core.manifest import Manifest
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.sources import open_source
@@ -26,6 +27,8 @@ class SourceState:
     description: str
     backlog: int | None
     error: str | None
+    held: dict[str, Any] | None = None
+    """The mass-delete hold on the last sync (`DeleteHold.to_json`), if any."""
 
 
 def status_report(config: Config, source_state: SourceState | None = None) -> dict[str, Any]:
@@ -47,6 +50,7 @@ def status_report(config: Config, source_state: SourceState | None = None) -> di
         "source": None,
         "source_error": None,
         "warnings": [],
+        "held": None,
     }
     ledger_path = StatePaths(state).ledger
     known: Mapping[str, str] = {}
@@ -129,12 +133,21 @@ def _source_fields(
             "source": source_state.description,
             "backlog": source_state.backlog,
             "source_error": source_state.error,
+            "held": source_state.held,
         }
     fields: dict[str, Any] = {}
     try:
         source = open_source(config.source)
         fields["source"] = source.describe()
-        fields["backlog"] = len(diff(source.snapshot(), known))
+        snapshot = source.snapshot()
+        changes = diff(snapshot, known)
+        fields["backlog"] = len(changes)
+        # What the writer's next sync would hold back (see `core.delete_guard`).
+        empty = not (snapshot.nodes or snapshot.rejected or snapshot.pending)
+        upserts = len(changes.upserts) + len(changes.rejected)
+        fraction = config.source.max_delete_fraction
+        hold = check_deletes(changes.deletes, len(known), upserts, fraction, empty)
+        fields["held"] = hold.to_json() if hold is not None else None
     except SourceError as exc:
         fields["source_error"] = str(exc)
         fields["backlog"] = None
@@ -163,6 +176,14 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(
                 f"{concept['name']:<20} {concept['n_pos']:>6} {concept['n_neg']:>6}  {mark}"
             )
+    if report["held"]:
+        held = report["held"]
+        lines.append("")
+        lines.append(
+            f"held:        mass delete of {held['deletes']} of {held['live']} nodes, "
+            "nothing applied"
+        )
+        lines.append(f"             {held['confirm']}")
     if report["warnings"]:
         lines.append("")
         lines.extend(f"warning: {warning}" for warning in report["warnings"])
