@@ -12,11 +12,12 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
-from amygdala_daemon.core.changes import Change, StoreEntry, Write
+from amygdala_daemon.core.changes import Change, Write
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.tags import ParsedText
-from amygdala_daemon.engine.ingest import EventCallback, SyncReport
+from amygdala_daemon.engine.ingest import EventCallback, SyncReport, entry_write
 from amygdala_daemon.engine.settings import model_settings
+from amygdala_daemon.model.extractor import Extraction
 from amygdala_daemon.sources.base import SourceNode
 from amygdala_daemon.store.kept import KeptActivations
 from amygdala_daemon.store.ledger import Ledger
@@ -66,20 +67,8 @@ def reuse_kept(
         if found is None:
             remaining.append((node, parsed))
             continue
-        writes.append(
-            StoreEntry(
-                node.id,
-                node.content_hash,
-                node.kind,
-                node.updated_at,
-                parsed.tags,
-                parsed.content,
-                len(parsed.malformed),
-                found.activations,
-                found.n_tokens,
-                found.truncated,
-            )
-        )
+        extraction = Extraction(found.activations, found.n_tokens, found.truncated)
+        writes.append(entry_write(node, parsed, extraction))
         reused.append(node.id)
     if writes:
         report.changes += len(apply(writes))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +13,10 @@ from safetensors.numpy import load_file
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.store.ledger import Ledger
 from tests.helpers.cli import one_error_line
+from tests.helpers.cli import run_cli as cli
 from tests.helpers.graphs import config_toml, edited, sample_nodes, write_jsonl
 
 FIELDS = ("generation", "ledger_seq", "nodes", "concepts")
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amygdala_daemon", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def write_config(tmp_path: Path, model_dir: Path, layers: list[int], **source: Any) -> Path:

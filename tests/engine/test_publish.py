@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from amygdala_daemon.reader import ReadoutWatcher, load_readout
 from amygdala_daemon.sources import open_source
 from amygdala_daemon.store.generations import rollback
 from tests.helpers.cli import one_error_line
+from tests.helpers.cli import run_cli as cli
 from tests.helpers.graphs import config_toml, make_config, sample_nodes, write_jsonl
 
 # Seven nodes score confusion >= 8; without them the concept has no positives left.
@@ -26,17 +25,6 @@ CONCEPT = "confusion"
 
 def without(nodes: list[dict[str, Any]], concept: str) -> list[dict[str, Any]]:
     return [node for node in nodes if f"{concept}:" not in node["text"]]
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amygdala_daemon", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
 
 
 def row_of(directory: Path, concept: str) -> dict[int, np.ndarray]:

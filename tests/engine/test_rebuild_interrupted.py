@@ -22,19 +22,9 @@ from amygdala_daemon.reader import load_readout
 from amygdala_daemon.store.config_file import load
 from amygdala_daemon.store.ledger import Ledger
 from amygdala_daemon.store.recovery import recover_fold, stored_model_info
+from tests.helpers.cli import run_cli as cli
 from tests.helpers.folds import assert_same_fold
 from tests.helpers.graphs import config_toml, sample_nodes, write_jsonl
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amygdala_daemon", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def snapshot(config: Config, config_path: Path) -> tuple[dict[str, Any], Accumulators, int]:

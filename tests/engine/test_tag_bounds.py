@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from amygdala_daemon.core.paths import StatePaths
 from amygdala_daemon.core.tags import MAX_TAGS
+from tests.helpers.cli import run_cli as cli
 from tests.helpers.graphs import config_toml, sample_nodes, write_jsonl
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "amygdala_daemon", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def tracked(state: Path) -> list[str]:
