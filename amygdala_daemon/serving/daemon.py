@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from amygdala_daemon.core.config import Config
 from amygdala_daemon.core.delete_guard import DeleteHold
@@ -32,6 +31,7 @@ from amygdala_daemon.core.schedule import (
 from amygdala_daemon.engine.publish import resume
 from amygdala_daemon.engine.writer import Engine, SyncReport
 from amygdala_daemon.serving.holds import confirm_delete
+from amygdala_daemon.serving.jobs import every, start_scheduler
 from amygdala_daemon.serving.limits import check_server_config
 from amygdala_daemon.serving.notify import fire, published_event
 from amygdala_daemon.serving.requests import dispatch
@@ -269,26 +269,24 @@ class Daemon:
         self.wake.set()
 
     def _start_scheduler(self) -> AsyncIOScheduler:
-        scheduler = AsyncIOScheduler(event_loop=self.loop)
-        # One instance of each job at a time; a late run is coalesced, never queued behind itself.
-        options: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        scheduler.add_job(
-            self.publish, publish_trigger(self.config.publish.interval), id="publish", **options
+        assert self.loop is not None
+
+        async def reconcile() -> None:
+            self.wake.set()
+
+        daemon = self.config.daemon
+        return start_scheduler(
+            self.loop,
+            self.stopping,
+            {
+                "publish": (self.publish, publish_trigger(self.config.publish.interval)),
+                "checkpoint": (
+                    self.scheduled_checkpoint,
+                    every(daemon.checkpoint_interval),
+                ),
+                "reconcile": (reconcile, every(daemon.reconcile_interval)),
+            },
         )
-        scheduler.add_job(
-            self.scheduled_checkpoint,
-            IntervalTrigger(seconds=self.config.daemon.checkpoint_interval),
-            id="checkpoint",
-            **options,
-        )
-        scheduler.add_job(
-            self.wake.set,
-            IntervalTrigger(seconds=self.config.daemon.reconcile_interval),
-            id="reconcile",
-            **options,
-        )
-        scheduler.start()
-        return scheduler
 
     async def _watchdog(self, interval: float) -> None:
         while True:
