@@ -42,6 +42,10 @@ def snapshot(config: Config, config_path: Path) -> tuple[dict[str, Any], Accumul
     return status, fold, readout.generation
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def extraction_seconds(log: str) -> float:
     """From the "extracting" log line to the "published" one, by their timestamps."""
     stamps = {}
@@ -91,6 +95,9 @@ def test_interrupting_rebuild_at_random_instants_keeps_the_old_state(
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
+            # A shell without job control starts background jobs with SIGINT ignored, and
+            # Python keeps an ignored SIGINT ignored: give the rebuild the terminal's default.
+            preexec_fn=default_sigint,
         )
         # Interrupt once the rebuild is under way (the model loaded, nodes being extracted):
         # before that, the interpreter is still starting and SIGTERM's default applies.
