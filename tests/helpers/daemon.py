@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,6 +115,13 @@ class DaemonProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def set_config_value(daemon: DaemonProcess, section: str, key: str, value: object) -> None:
+    """Rewrite one key of the daemon's config file (for a reload or a restart to read)."""
+    table = tomllib.loads(daemon.config.read_text())
+    table.setdefault(section, {})[key] = value
+    daemon.config.write_text(config_toml(table))
 
 
 def request(

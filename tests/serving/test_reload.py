@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import signal
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.daemon import DaemonProcess, request
-from tests.helpers.graphs import config_toml, sample_nodes
+from tests.helpers.daemon import DaemonProcess, request, set_config_value
+from tests.helpers.graphs import sample_nodes
 from tests.helpers.notify_socket import NotifyListener
 
 # Both pass the config parser's syntax check; the scheduler overflows on the first and cannot
 # parse the second ("d" is no month name).
 REFUSED_BY_THE_SCHEDULER = ["99999999999d", "a b c d e"]
-
-
-def with_interval(daemon: DaemonProcess, interval: str) -> None:
-    table = tomllib.loads(daemon.config.read_text())
-    table["publish"]["interval"] = interval
-    daemon.config.write_text(config_toml(table))
 
 
 @pytest.mark.slow
@@ -36,7 +29,7 @@ def test_a_schedule_the_scheduler_refuses_is_a_refused_reload_and_a_config_error
         client = daemon.client()
         assert daemon.process is not None
         for interval in REFUSED_BY_THE_SCHEDULER:
-            with_interval(daemon, interval)
+            set_config_value(daemon, "publish", "interval", interval)
             daemon.process.send_signal(signal.SIGHUP)
             listener.reload_done()
             assert request(client, {"op": "status"})["ok"], daemon.log.read_text()

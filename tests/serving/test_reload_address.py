@@ -10,19 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.daemon import DaemonProcess, free_port, request, wait_for
-from tests.helpers.graphs import config_toml, sample_nodes
-
-
-def with_port(daemon: DaemonProcess, port: int) -> None:
-    table = tomllib.loads(daemon.config.read_text())
-    table["server"]["port"] = port
-    daemon.config.write_text(config_toml(table))
+from tests.helpers.daemon import DaemonProcess, free_port, request, set_config_value, wait_for
+from tests.helpers.graphs import sample_nodes
 
 
 @pytest.mark.slow
@@ -34,7 +27,7 @@ def test_a_new_port_is_refused_and_the_running_address_keeps_answering(
     daemon.start()
     client = daemon.client()
     old_port, new_port = daemon.port, free_port()
-    with_port(daemon, new_port)
+    set_config_value(daemon, "server", "port", new_port)
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGHUP)
     # The log, not NOTIFY_SOCKET, marks the reload: a listener that stopped reading would
@@ -44,7 +37,7 @@ def test_a_new_port_is_refused_and_the_running_address_keeps_answering(
     assert request(client, {"op": "status"})["ok"]
     assert request(daemon.client(), {"op": "status"})["ok"]
     # Put back, the file matches what runs: the CLI reaches the daemon through it.
-    with_port(daemon, old_port)
+    set_config_value(daemon, "server", "port", old_port)
     published = subprocess.run(
         [sys.executable, "-m", "amygdala_daemon", "--config", str(daemon.config), "publish"],
         capture_output=True,
